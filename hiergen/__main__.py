@@ -1,0 +1,5 @@
+import sys
+
+from hiergen.cli import main
+
+sys.exit(main())

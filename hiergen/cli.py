@@ -1,0 +1,57 @@
+"""The ``hiergen`` command line.
+
+Each sub-command lives in its own module under :mod:`hiergen.commands` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the
+parsed ``argparse.Namespace`` and returning an exit code). Heavy imports happen inside the
+handlers, so ``hiergen --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+from hiergen import __version__
+from hiergen.models.errors import HiergenError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with every sub-command module found in :mod:`hiergen.commands`."""
+    parser = argparse.ArgumentParser(
+        prog="hiergen",
+        description="Hierarchical generative grammars and exact inference on them.",
+    )
+    parser.add_argument("--version", action="version", version=f"hiergen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import hiergen.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"hiergen.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hiergen`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except HiergenError as exc:
+        print(f"hiergen: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hiergen: interrupted (finished results are kept on disk)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

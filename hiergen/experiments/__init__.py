@@ -1,0 +1,1 @@
+"""Experiments: forward-backward sweeps on grammars (see issue 6)."""
