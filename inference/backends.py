@@ -191,10 +191,10 @@ class TorchOps(ArrayOps):
         t = self.torch
         if isinstance(x, t.Tensor):
             return x.to(device=self.device, dtype=self.dtype if dtype is None else dtype)
-        return t.as_tensor(np.asarray(x), dtype=self.dtype if dtype is None else dtype, device=self.device)
+        return t.as_tensor(np.array(x), dtype=self.dtype if dtype is None else dtype, device=self.device)
 
     def index_array(self, x: np.ndarray) -> Any:
-        return self.torch.as_tensor(np.asarray(x, dtype=np.int64), device=self.device)
+        return self.torch.as_tensor(np.array(x, dtype=np.int64), device=self.device)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         return x.detach().cpu().numpy()

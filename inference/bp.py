@@ -1,0 +1,632 @@
+"""Exact sum-product (and max-product) belief propagation on a grammar's tree.
+
+One algorithm, written once against :class:`hiergen.inference.backends.ArrayOps`; the numpy,
+JAX and torch backends differ only in the array library.
+
+Messages
+--------
+For every node at level ``l`` the *upward* message ``up[l]`` ``(B, n_l, v_l)`` is the
+likelihood of the evidence in its subtree (its own clamped evidence included) given its
+symbol, normalised to sum to one; the normalisers are accumulated in ``log_z`` so that the
+log-evidence stays exact. With ``w_r = p_r * prod_j up_child_j[c_{r,j}]`` the weight of rule
+``r = (a -> c_1..c_s)`` of a node, ``up_parent[a] = sum_{r of a} w_r`` (``max`` for max-product).
+
+The *downward* message ``down[l]`` is the probability of the evidence outside the subtree.
+For child ``j``: ``down_j[c] = sum_{r: c_{r,j} = c} down_parent[a_r] p_r prod_{k != j} up_k[c_{r,k}]``
+— a gather over the rules followed by a scatter-add, written as a matrix product with a fixed
+``(R, v_child)`` one-hot matrix. Marginals are ``up * down`` normalised.
+
+Memory is linear in batch x leaves: the largest temporaries are ``(chunk, n_l, R_l)`` rule
+weights, and the batch is processed in chunks (``batch_chunk``) to bound them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hiergen.inference.backends import ArrayOps, get_ops
+from hiergen.models.errors import EvidenceError, InconsistentEvidenceError
+from hiergen.models.grammar import Grammar, TreeSample
+from hiergen.models.noise import Evidence
+
+# Temporaries of at most this many elements per chunk (rule weights of one level).
+_CHUNK_ELEMENTS = 1 << 23
+
+
+@dataclass
+class Posterior:
+    """Exact posterior of the latent tree given evidence, for a batch.
+
+    Attributes
+    ----------
+    marginals : list of L+1 arrays, level l of shape (batch, n_l, v_l)
+        ``p(x_{l,i} = a | evidence)``. Empty when ``run(..., marginals=False)``.
+    log_evidence : (batch,) float
+        ``log p(evidence)`` (``-inf`` for items no datum can explain).
+    inconsistent : (batch,) bool
+        True for items whose evidence no datum of the grammar can explain (their marginals
+        are NaN). Only populated with ``on_inconsistent="flag"``; otherwise such items raise.
+    backend, dtype, device : where it was computed. seconds : wall time of ``run``.
+    """
+
+    marginals: list[np.ndarray]
+    log_evidence: np.ndarray
+    inconsistent: np.ndarray
+    backend: str = "numpy"
+    dtype: str = "float64"
+    device: str = "cpu"
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.log_evidence.shape[0])
+
+    @property
+    def depth(self) -> int:
+        return len(self.marginals) - 1
+
+    def prob_of(self, symbols: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Marginal probability of given symbols per level: list of ``(batch, n_l)``.
+
+        ``symbols`` is e.g. ``TreeSample.symbols`` of the clean data (probability of the
+        correct value, the paper's Fig. 5 observable).
+        """
+        return [
+            np.take_along_axis(m, np.asarray(s)[..., None], axis=-1)[..., 0]
+            for m, s in zip(self.marginals, symbols)
+        ]
+
+    def argmax(self) -> list[np.ndarray]:
+        """Most probable symbol of every node (marginal decoding), per level ``(batch, n_l)``."""
+        return [m.argmax(-1) for m in self.marginals]
+
+    @property
+    def class_probs(self) -> np.ndarray:
+        """``(batch, n_classes)`` posterior of the class."""
+        return self.marginals[0][:, 0, :]
+
+
+@dataclass
+class MapEstimate:
+    """Max-product decoding: the single most probable latent tree per item."""
+
+    tree: TreeSample
+    log_prob: np.ndarray  # (batch,) log p(tree, evidence)
+
+
+@dataclass
+class _Level:
+    """Backend arrays describing the rules of one level (parent level l)."""
+
+    v_parent: int
+    v_child: int
+    s: int
+    m: int
+    child_idx: list[Any]  # s index arrays (R,)
+    parent_idx: Any  # (R,) parent symbol of each flat rule
+    probs: Any | None  # (R,) or None when uniform with m rules per symbol
+    log_uniform: float  # log(1/m) when probs is None, else 0
+    scatter: list[Any]  # s one-hot (R, v_child) matrices
+    children_flat: Any  # (R, s) index array
+
+
+class BeliefPropagation:
+    """Exact belief propagation on the tree of a :class:`~hiergen.models.grammar.Grammar`.
+
+    Parameters
+    ----------
+    grammar : the grammar (any branching, alphabets, rule probabilities, ambiguity).
+    backend : ``"numpy"`` (reference), ``"jax"`` (jit; CPU/GPU) or ``"torch"`` (CPU/CUDA).
+    dtype : ``"float32"`` or ``"float64"`` (default float64 for numpy, float32 otherwise).
+    device : backend device, e.g. ``"cuda"`` / ``"cuda:1"`` for torch, ``"gpu"`` for JAX.
+    batch_chunk : samples per chunk (bounds temporary memory); default: automatic.
+    on_inconsistent : ``"raise"`` (default) raises :class:`InconsistentEvidenceError` naming
+        the batch items no datum can explain (the exception's ``posterior`` attribute keeps
+        everything computed); ``"flag"`` returns them with NaN marginals, ``-inf``
+        log-evidence and ``Posterior.inconsistent`` set.
+
+    Examples
+    --------
+    >>> from hiergen import RHM, BeliefPropagation
+    >>> from hiergen.models.noise import UniformCorruption
+    >>> rhm = RHM(v=8, n_classes=4, m=2, s=2, L=3, seed=0)
+    >>> x = rhm.sample(16, seed=1)
+    >>> post = BeliefPropagation(rhm).run(UniformCorruption(8).evidence(x.leaves, 0.3))
+    >>> post.marginals[0].shape
+    (16, 1, 4)
+    """
+
+    def __init__(
+        self,
+        grammar: Grammar,
+        backend: str = "numpy",
+        dtype: str | None = None,
+        device: str | None = None,
+        batch_chunk: int | None = None,
+        on_inconsistent: str = "raise",
+    ) -> None:
+        if not isinstance(grammar, Grammar):
+            raise EvidenceError(f"BeliefPropagation needs a Grammar, got {type(grammar).__name__}")
+        if on_inconsistent not in ("raise", "flag"):
+            raise EvidenceError(f"on_inconsistent must be 'raise' or 'flag', got {on_inconsistent!r}")
+        self.grammar = grammar
+        self.ops: ArrayOps = get_ops(backend, dtype, device)
+        self.on_inconsistent = on_inconsistent
+        self.levels = [self._level_tables(lev) for lev in range(grammar.L)]
+        g = grammar
+        widest = max(g.n_nodes(lev) * t.v_parent * t.m for lev, t in enumerate(self.levels))
+        widest = max(widest, g.d * g.vocab_sizes[-1])
+        if batch_chunk is None:
+            batch_chunk = max(1, min(4096, _CHUNK_ELEMENTS // widest))
+        if isinstance(batch_chunk, bool) or not isinstance(batch_chunk, int) or batch_chunk < 1:
+            raise EvidenceError(f"batch_chunk must be a positive int, got {batch_chunk!r}")
+        self.batch_chunk = batch_chunk
+        self._compiled: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def backend(self) -> str:
+        return self.ops.name
+
+    def _level_tables(self, lev: int) -> _Level:
+        g, ops = self.grammar, self.ops
+        ch, pr, nr = g.children[lev], g.probs[lev], g.n_rules[lev]
+        v_parent, m, s = ch.shape
+        v_child = g.vocab_sizes[lev + 1]
+        flat = ch.reshape(-1, s)
+        uniform = bool(np.all(nr == m)) and np.allclose(pr, 1.0 / m, rtol=0, atol=1e-15)
+        scatter = []
+        for j in range(s):
+            one_hot = np.zeros((v_parent * m, v_child))
+            one_hot[np.arange(v_parent * m), flat[:, j]] = 1.0
+            one_hot[pr.reshape(-1) <= 0] = 0.0  # padding rules contribute nothing
+            scatter.append(ops.asarray(one_hot))
+        return _Level(
+            v_parent=v_parent,
+            v_child=v_child,
+            s=s,
+            m=m,
+            child_idx=[ops.index_array(flat[:, j]) for j in range(s)],
+            parent_idx=ops.index_array(np.repeat(np.arange(v_parent), m)),
+            probs=None if uniform else ops.asarray(pr.reshape(-1)),
+            log_uniform=-math.log(m) if uniform else 0.0,
+            scatter=scatter,
+            children_flat=ops.index_array(flat),
+        )
+
+    # ------------------------------------------------------------------ the algorithm
+    def _normalise(self, msg: Any) -> tuple[Any, Any, Any]:
+        """Normalise ``(B, n, v)`` messages; return ``(msg, log_z (B,), zero (B,) bool)``."""
+        ops = self.ops
+        z = ops.sum(msg, -1, keepdims=True)
+        zero = z <= 0
+        z_safe = ops.where(zero, 1.0, z)
+        return msg / z_safe, ops.sum(ops.log(z_safe)[..., 0], 1), ops.any(zero[..., 0], 1)
+
+    def _rule_weights(self, t: _Level, child_msg: Any) -> Any:
+        """``(B, n_l, R)`` weights ``p_r prod_j up_child_j[c_{r,j}]`` of every rule at every node."""
+        ops = self.ops
+        b = child_msg.shape[0]
+        c = child_msg.reshape(b, -1, t.s, t.v_child)
+        w = None
+        for j in range(t.s):
+            g = ops.take_last(c[:, :, j, :], t.child_idx[j])
+            w = g if w is None else w * g
+        if t.probs is not None:
+            w = w * t.probs
+        return w
+
+    def _leaf_messages(self, leaf: Any, is_log: bool) -> tuple[Any, Any, Any]:
+        """Turn ``(B, d, v)`` evidence into normalised leaf messages, ``log_z`` and ``bad``."""
+        ops = self.ops
+        if is_log:
+            mx = ops.max(leaf, -1, keepdims=True)
+            finite = ops.isfinite(mx)
+            mx_safe = ops.where(finite, mx, 0.0)
+            lik = ops.exp(leaf - mx_safe)
+            msg, log_z, bad = self._normalise(lik)
+            return msg, log_z + ops.sum(mx_safe[..., 0], 1), bad
+        return self._normalise(leaf)
+
+    def _upward(self, leaf: Any, internal: list[Any], semiring: str, is_log: bool):
+        ops, L = self.ops, self.grammar.L
+        up: list[Any] = [None] * (L + 1)
+        best: list[Any] = [None] * L
+        up[L], log_z, bad = self._leaf_messages(leaf, is_log)
+        if internal[L] is not None:
+            up[L], lz, bz = self._normalise(up[L] * internal[L])
+            log_z, bad = log_z + lz, bad | bz
+        for lev in reversed(range(L)):
+            t = self.levels[lev]
+            w = self._rule_weights(t, up[lev + 1])
+            w4 = w.reshape(w.shape[0], -1, t.v_parent, t.m)
+            if semiring == "sum":
+                msg = ops.sum(w4, -1)
+            else:
+                msg = ops.max(w4, -1)
+                best[lev] = ops.argmax(w4, -1)
+            if internal[lev] is not None:
+                msg = msg * internal[lev]
+            up[lev], lz, bz = self._normalise(msg)
+            log_z = log_z + lz + t.log_uniform * msg.shape[1]
+            bad = bad | bz
+        return up, best, log_z, bad
+
+    def _root(self, up0: Any, prior: Any, semiring: str) -> tuple[Any, Any]:
+        """Unnormalised root scores ``(B, v0)`` and their total (sum or max) ``(B,)``."""
+        ops = self.ops
+        score = prior * up0[:, 0, :]
+        total = ops.sum(score, -1) if semiring == "sum" else ops.max(score, -1)
+        return score, total
+
+    def _forward(self, leaf: Any, prior: Any, internal: list[Any], is_log: bool, want_marg: bool):
+        """Up and down passes for one chunk: marginals, log-evidence and the bad mask."""
+        ops, L = self.ops, self.grammar.L
+        up, _, log_z, bad = self._upward(leaf, internal, "sum", is_log)
+        score, total = self._root(up[0], prior, "sum")
+        zero = total <= 0
+        bad = bad | zero
+        log_ev = log_z + ops.log(ops.where(zero, 1.0, total))
+        if not want_marg:
+            return [], log_ev, bad
+        b = score.shape[0]
+        marg: list[Any] = [None] * (L + 1)
+        marg[0] = self._normalise(score.reshape(b, 1, -1))[0]
+        down = prior.reshape(b, 1, -1)
+        for lev in range(L):
+            t = self.levels[lev]
+            g = down if internal[lev] is None else down * internal[lev]
+            n = g.shape[1]
+            base = ops.take_last(g, t.parent_idx)
+            if t.probs is not None:
+                base = base * t.probs
+            c = up[lev + 1].reshape(b, n, t.s, t.v_child)
+            gathered = [ops.take_last(c[:, :, j, :], t.child_idx[j]) for j in range(t.s)]
+            msgs = []
+            for j in range(t.s):
+                w = base
+                for k in range(t.s):
+                    if k != j:
+                        w = w * gathered[k]
+                msgs.append(ops.matmul(w.reshape(b * n, -1), t.scatter[j]).reshape(b, n, t.v_child))
+            down = ops.stack(msgs, 2).reshape(b, n * t.s, t.v_child)
+            down = self._normalise(down)[0]
+            marg[lev + 1] = self._normalise(down * up[lev + 1])[0]
+        return marg, log_ev, bad
+
+    def _sample_chunk(self, leaf: Any, prior: Any, internal: list[Any], is_log: bool, rng: Any):
+        """Exact posterior sample of the whole tree for one chunk (Gumbel-max per node)."""
+        ops, L = self.ops, self.grammar.L
+        up, _, _, bad = self._upward(leaf, internal, "sum", is_log)
+        score, total = self._root(up[0], prior, "sum")
+        bad = bad | (total <= 0)
+        sym, rng = self._gumbel_argmax(score, rng)  # (B,)
+        b = sym.shape[0]
+        symbols = [sym.reshape(b, 1)]
+        rules = []
+        for lev in range(L):
+            t = self.levels[lev]
+            w4 = self._rule_weights(t, up[lev + 1]).reshape(b, -1, t.v_parent, t.m)
+            parent = symbols[-1]
+            n = parent.shape[1]
+            idx = parent.reshape(b, n, 1, 1)
+            row = ops.take_along(w4, idx, 2).reshape(b, n, t.m)
+            r, rng = self._gumbel_argmax(row, rng)
+            child = t.children_flat[parent * t.m + r]  # (B, n, s)
+            rules.append(r)
+            symbols.append(child.reshape(b, n * t.s))
+        return symbols, rules, bad, rng
+
+    def _gumbel_argmax(self, weights: Any, rng: Any) -> tuple[Any, Any]:
+        """Sample ``argmax(log w + Gumbel)`` along the last axis (exact categorical draw)."""
+        ops = self.ops
+        u, rng = ops.uniform(rng, tuple(weights.shape))
+        tiny = 1e-30 if ops.float64 else 1e-30
+        gumbel = -ops.log(-ops.log(u + tiny) + tiny)
+        pos = weights > 0
+        logw = ops.log(ops.where(pos, weights, 1.0))
+        keys = ops.where(pos, logw + gumbel, -np.inf)
+        return ops.argmax(keys, -1), rng
+
+    def _map_chunk(self, leaf: Any, prior: Any, internal: list[Any], is_log: bool):
+        ops, L = self.ops, self.grammar.L
+        up, best, log_z, bad = self._upward(leaf, internal, "max", is_log)
+        score, total = self._root(up[0], prior, "max")
+        zero = total <= 0
+        bad = bad | zero
+        log_p = log_z + ops.log(ops.where(zero, 1.0, total))
+        sym = ops.argmax(score, -1)
+        b = sym.shape[0]
+        symbols = [sym.reshape(b, 1)]
+        rules = []
+        for lev in range(L):
+            t = self.levels[lev]
+            parent = symbols[-1]
+            n = parent.shape[1]
+            r = ops.take_along(best[lev], parent.reshape(b, n, 1), 2).reshape(b, n)
+            child = t.children_flat[parent * t.m + r]
+            rules.append(r)
+            symbols.append(child.reshape(b, n * t.s))
+        return symbols, rules, log_p, bad
+
+    # ------------------------------------------------------------------ input handling
+    def _prepare(
+        self,
+        evidence: Any,
+        log: bool | None,
+        prior: Any,
+        internal_evidence: Mapping[int, Any] | None,
+    ) -> tuple[Any, bool, Any, list[Any], int]:
+        g, ops = self.grammar, self.ops
+        is_log = bool(log)
+        if isinstance(evidence, Evidence):
+            if log is False:
+                raise EvidenceError("an Evidence object holds log-likelihoods; do not pass log=False")
+            evidence, is_log = evidence.log_lik, True
+        arr = evidence if _is_native(evidence) else np.asarray(evidence)
+        if arr.ndim == 2:
+            arr = arr[None]
+        shape = tuple(arr.shape)
+        want = (g.d, g.vocab_sizes[-1])
+        if len(shape) != 3 or shape[1:] != want:
+            raise EvidenceError(
+                f"evidence must have shape (batch, d, v_L) = (batch, {want[0]}, {want[1]}), got {shape}"
+            )
+        if isinstance(arr, np.ndarray):
+            if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+                raise EvidenceError(f"evidence must be numeric, got dtype {arr.dtype}")
+            if np.isnan(arr).any():
+                items = np.unique(np.nonzero(np.isnan(arr))[0]).tolist()
+                raise EvidenceError(f"evidence contains NaN (batch items {items[:20]})")
+            if is_log and np.isposinf(arr).any():
+                raise EvidenceError("log-evidence contains +inf")
+            if not is_log and (np.isinf(arr).any() or (arr < 0).any()):
+                raise EvidenceError(
+                    "likelihood evidence must be finite and >= 0 (pass log=True for log-likelihoods)"
+                )
+        batch = shape[0]
+        prior_arr = g.root_prior if prior is None else np.asarray(prior, dtype=np.float64)
+        if prior_arr.shape == (g.n_classes,):
+            prior_arr = np.broadcast_to(prior_arr, (batch, g.n_classes))
+        if prior_arr.shape != (batch, g.n_classes):
+            raise EvidenceError(
+                f"prior must have shape ({g.n_classes},) or ({batch}, {g.n_classes}), got {prior_arr.shape}"
+            )
+        if not np.all(np.isfinite(prior_arr)) or np.any(prior_arr < 0):
+            raise EvidenceError("prior must be finite and >= 0")
+        internal: list[Any] = [None] * (g.L + 1)
+        for lev, ev in (internal_evidence or {}).items():
+            if not isinstance(lev, (int, np.integer)) or not 0 <= lev <= g.L:
+                raise EvidenceError(f"internal_evidence level must be in 0..{g.L}, got {lev!r}")
+            e = np.asarray(ev, dtype=np.float64)
+            want_l = (g.n_nodes(lev), g.vocab_sizes[lev])
+            if e.shape == want_l:
+                e = np.broadcast_to(e, (batch,) + want_l)
+            if e.shape != (batch,) + want_l:
+                raise EvidenceError(
+                    f"internal_evidence[{lev}] must have shape {(batch,) + want_l} or {want_l}, got {e.shape}"
+                )
+            if not np.all(np.isfinite(e)) or np.any(e < 0):
+                raise EvidenceError(f"internal_evidence[{lev}] must be finite likelihoods >= 0")
+            internal[lev] = e
+        return arr, is_log, prior_arr, internal, batch
+
+    def _chunks(self, arr: Any, prior: np.ndarray, internal: list[Any], batch: int):
+        """Yield ``(start, stop, leaf, prior, internal)`` backend arrays per chunk.
+
+        JAX pads the last chunk to the chunk size so one compiled function serves all.
+        """
+        ops = self.ops
+        size = self.batch_chunk
+        for start in range(0, batch, size):
+            stop = min(batch, start + size)
+            sl = slice(start, stop)
+            pad = (size - (stop - start)) if (ops.name == "jax" and batch > size) else 0
+            leaf = arr[sl]
+            pr = prior[sl]
+            inn = [None if e is None else e[sl] for e in internal]
+            if pad:
+                leaf = _pad(leaf, pad)
+                pr = _pad(pr, pad)
+                inn = [None if e is None else _pad(e, pad) for e in inn]
+            yield (
+                start,
+                stop,
+                ops.asarray(leaf),
+                ops.asarray(pr),
+                [None if e is None else ops.asarray(e) for e in inn],
+            )
+
+    def _fn(self, key: str, fn: Any) -> Any:
+        if key not in self._compiled:
+            self._compiled[key] = self.ops.compile(fn)
+        return self._compiled[key]
+
+    def _context(self):
+        if self.ops.name == "torch":
+            return self.ops.torch.inference_mode()
+        if self.ops.name == "numpy":
+            return np.errstate(divide="ignore", invalid="ignore", under="ignore")
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def _report_bad(self, bad: np.ndarray, what: str, partial: Any = None) -> None:
+        if self.on_inconsistent == "raise" and bad.any():
+            items = np.flatnonzero(bad).tolist()
+            shown = ", ".join(map(str, items[:20])) + (" ..." if len(items) > 20 else "")
+            err = InconsistentEvidenceError(
+                f"no datum of the grammar can explain the evidence of {len(items)} batch item(s): "
+                f"[{shown}] ({what}). Check the evidence, or use on_inconsistent='flag' to get "
+                "them marked (NaN marginals, -inf log-evidence) instead; with float32 and very "
+                "sharp evidence, dtype='float64' may avoid underflow.",
+                items,
+            )
+            err.posterior = partial  # everything computed is kept on the exception
+            raise err
+
+    # ------------------------------------------------------------------ public API
+    def run(
+        self,
+        evidence: Any,
+        *,
+        log: bool | None = None,
+        prior: Any = None,
+        internal_evidence: Mapping[int, Any] | None = None,
+        marginals: bool = True,
+    ) -> Posterior:
+        """Marginals of every node at every level and the log-evidence, for a batch.
+
+        Parameters
+        ----------
+        evidence : :class:`~hiergen.models.noise.Evidence`, or leaf likelihoods
+            ``(batch, d, v_L)`` (``(d, v_L)`` for one item); ``log=True`` when they are
+            log-likelihoods. numpy, or the backend's own arrays (torch tensors, JAX arrays).
+        prior : class prior override ``(n_classes,)`` or ``(batch, n_classes)``
+            (class-conditional inference: a one-hot prior).
+        internal_evidence : ``{level: likelihoods (batch, n_l, v_l) or (n_l, v_l)}`` to clamp
+            or weigh internal nodes.
+        marginals : False to compute only the log-evidence (upward pass only).
+
+        Returns
+        -------
+        :class:`Posterior` (numpy arrays).
+        """
+        t0 = time.perf_counter()
+        arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
+        ops, L = self.ops, self.grammar.L
+        margs: list[list[np.ndarray]] = [[] for _ in range(L + 1)] if marginals else []
+        log_ev = np.empty(batch)
+        bad = np.zeros(batch, dtype=bool)
+        fn = self._fn(
+            f"forward-{is_log}-{marginals}",
+            lambda leaf, pr, inn: self._forward(leaf, pr, inn, is_log, marginals),
+        )
+        with self._context():
+            for start, stop, leaf, pr, inn in self._chunks(arr, prior_arr, internal, batch):
+                mg, le, bd = fn(leaf, pr, inn)
+                k = stop - start
+                log_ev[start:stop] = ops.to_numpy(le)[:k]
+                bad[start:stop] = ops.to_numpy(bd)[:k]
+                for lev in range(len(mg)):
+                    margs[lev].append(ops.to_numpy(mg[lev])[:k])
+        out = [np.concatenate(x, 0) for x in margs]
+        if bad.any():
+            log_ev[bad] = -np.inf
+            for x in out:
+                x[bad] = np.nan
+        post = Posterior(
+            marginals=out,
+            log_evidence=log_ev,
+            inconsistent=bad,
+            backend=ops.name,
+            dtype=str(np.dtype(str(ops.dtype).replace("torch.", ""))),
+            device=ops.device_name,
+            seconds=time.perf_counter() - t0,
+        )
+        self._report_bad(bad, "marginals", post)
+        return post
+
+    def log_evidence(self, evidence: Any, **kwargs: Any) -> np.ndarray:
+        """``(batch,)`` log p(evidence) (upward pass only)."""
+        return self.run(evidence, marginals=False, **kwargs).log_evidence
+
+    def sample(
+        self,
+        evidence: Any,
+        seed: Any = 0,
+        *,
+        log: bool | None = None,
+        prior: Any = None,
+        internal_evidence: Mapping[int, Any] | None = None,
+    ) -> TreeSample:
+        """One exact posterior sample of the whole latent tree per batch item.
+
+        The root is drawn from its marginal, then every node's rule given its parent's
+        sampled symbol and its children's upward messages, level by level.
+        ``seed``: int, or the backend's generator (numpy Generator, JAX key, torch Generator).
+        Returns a :class:`~hiergen.models.grammar.TreeSample` (numpy).
+        """
+        arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
+        ops, L = self.ops, self.grammar.L
+        rng = ops.make_rng(seed)
+        syms: list[list[np.ndarray]] = [[] for _ in range(L + 1)]
+        rls: list[list[np.ndarray]] = [[] for _ in range(L)]
+        bad = np.zeros(batch, dtype=bool)
+        fn = self._fn(
+            f"sample-{is_log}",
+            lambda leaf, pr, inn, key: self._sample_chunk(leaf, pr, inn, is_log, key),
+        )
+        with self._context():
+            for start, stop, leaf, pr, inn in self._chunks(arr, prior_arr, internal, batch):
+                s, r, bd, rng = fn(leaf, pr, inn, rng)
+                k = stop - start
+                bad[start:stop] = ops.to_numpy(bd)[:k]
+                for lev in range(L + 1):
+                    syms[lev].append(ops.to_numpy(s[lev])[:k].astype(np.int64))
+                for lev in range(L):
+                    rls[lev].append(ops.to_numpy(r[lev])[:k].astype(np.int64))
+        symbols = [np.concatenate(x, 0) for x in syms]
+        tree = TreeSample(leaves=symbols[-1], symbols=symbols, rules=[np.concatenate(x, 0) for x in rls])
+        self._report_bad(bad, "posterior sampling", tree)
+        return tree
+
+    def map(
+        self,
+        evidence: Any,
+        *,
+        log: bool | None = None,
+        prior: Any = None,
+        internal_evidence: Mapping[int, Any] | None = None,
+    ) -> MapEstimate:
+        """Max-product decoding: the most probable latent tree given the evidence."""
+        arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
+        ops, L = self.ops, self.grammar.L
+        syms: list[list[np.ndarray]] = [[] for _ in range(L + 1)]
+        rls: list[list[np.ndarray]] = [[] for _ in range(L)]
+        log_p = np.empty(batch)
+        bad = np.zeros(batch, dtype=bool)
+        fn = self._fn(f"map-{is_log}", lambda leaf, pr, inn: self._map_chunk(leaf, pr, inn, is_log))
+        with self._context():
+            for start, stop, leaf, pr, inn in self._chunks(arr, prior_arr, internal, batch):
+                s, r, lp, bd = fn(leaf, pr, inn)
+                k = stop - start
+                log_p[start:stop] = ops.to_numpy(lp)[:k]
+                bad[start:stop] = ops.to_numpy(bd)[:k]
+                for lev in range(L + 1):
+                    syms[lev].append(ops.to_numpy(s[lev])[:k].astype(np.int64))
+                for lev in range(L):
+                    rls[lev].append(ops.to_numpy(r[lev])[:k].astype(np.int64))
+        symbols = [np.concatenate(x, 0) for x in syms]
+        tree = TreeSample(leaves=symbols[-1], symbols=symbols, rules=[np.concatenate(x, 0) for x in rls])
+        log_p[bad] = -np.inf
+        est = MapEstimate(tree=tree, log_prob=log_p)
+        self._report_bad(bad, "MAP decoding", est)
+        return est
+
+
+def _is_native(x: Any) -> bool:
+    """True for torch tensors and JAX arrays (kept on their device)."""
+    mod = type(x).__module__
+    return mod.startswith("torch") or mod.startswith("jax")
+
+
+def _pad(x: Any, pad: int) -> Any:
+    """Pad the batch axis by repeating the first row (its results are discarded)."""
+    if isinstance(x, np.ndarray):
+        return np.concatenate([x, np.repeat(x[:1], pad, axis=0)], 0)
+    mod = type(x).__module__
+    if mod.startswith("torch"):
+        import torch
+
+        return torch.cat([x, x[:1].repeat_interleave(pad, 0)], 0)
+    import jax.numpy as jnp
+
+    return jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)], 0)

@@ -1,0 +1,45 @@
+"""Shared fixtures: small random grammars of every kind for oracle tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hiergen.models.grammar import Grammar
+
+
+def random_grammar(
+    vocab_sizes: tuple[int, ...],
+    branching: tuple[int, ...],
+    max_rules: int,
+    seed: int,
+    ambiguous: bool = True,
+    uniform: bool = False,
+) -> Grammar:
+    """A random general grammar: ragged rule counts, non-uniform probabilities, and (when
+    ``ambiguous``) tuples shared between parents of the same level."""
+    rng = np.random.default_rng(seed)
+    rules, probs = [], []
+    for lev, s in enumerate(branching):
+        v_parent, v_child = vocab_sizes[lev], vocab_sizes[lev + 1]
+        all_tuples = [tuple(int(c) for c in np.unravel_index(k, (v_child,) * s)) for k in range(v_child**s)]
+        used: set[tuple[int, ...]] = set()
+        lev_rules, lev_probs = [], []
+        for _ in range(v_parent):
+            k = int(rng.integers(1, max_rules + 1))
+            pool = all_tuples if ambiguous else [t for t in all_tuples if t not in used]
+            pick = rng.choice(len(pool), size=min(k, len(pool)), replace=False)
+            row = [pool[i] for i in pick]
+            used.update(row)
+            lev_rules.append(row)
+            p = np.full(len(row), 1.0 / len(row)) if uniform else rng.dirichlet(np.ones(len(row)))
+            lev_probs.append(p)
+        rules.append(lev_rules)
+        probs.append(lev_probs)
+    prior = None if uniform else rng.dirichlet(np.ones(vocab_sizes[0]))
+    return Grammar(vocab_sizes, branching, rules, probs, root_prior=prior, allow_unreachable=True)
+
+
+@pytest.fixture
+def make_grammar():
+    return random_grammar
