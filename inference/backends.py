@@ -55,9 +55,21 @@ class ArrayOps:
     def any(self, x: Any, axis: int) -> Any:
         return self.xp.any(x, axis=axis)
 
-    def take_last(self, x: Any, idx: Any) -> Any:
-        """``x[..., idx]`` for a 1-d index array."""
-        return x[..., idx]
+    def take_first(self, x: Any, idx: Any) -> Any:
+        """``x[idx]`` for a 1-d index array (rows of the first axis)."""
+        return x[idx]
+
+    def contiguous(self, x: Any) -> Any:
+        """A C-contiguous copy when ``x`` is a strided view (no-op where layout is opaque)."""
+        return x
+
+    def transpose(self, x: Any, axes: tuple[int, ...]) -> Any:
+        """Permute axes, materialised contiguously."""
+        return self.contiguous(self.xp.transpose(x, axes))
+
+    def expand_index(self, idx: Any, shape: tuple[int, ...]) -> Any:
+        """Broadcast an index array to ``shape``."""
+        return self.xp.broadcast_to(idx, shape)
 
     def take_along(self, x: Any, idx: Any, axis: int) -> Any:
         return self.xp.take_along_axis(x, idx, axis=axis)
@@ -109,8 +121,11 @@ class NumpyOps(ArrayOps):
     def to_numpy(self, x: Any) -> np.ndarray:
         return np.asarray(x)
 
-    def take_last(self, x: Any, idx: Any) -> Any:
-        return np.take(x, idx, axis=-1)
+    def take_first(self, x: Any, idx: Any) -> Any:
+        return np.take(x, idx, axis=0)
+
+    def contiguous(self, x: Any) -> Any:
+        return np.ascontiguousarray(x)
 
     def make_rng(self, seed: Any) -> np.random.Generator:
         return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -213,6 +228,18 @@ class TorchOps(ArrayOps):
 
     def take_along(self, x: Any, idx: Any, axis: int) -> Any:
         return self.torch.take_along_dim(x, idx, dim=axis)
+
+    def take_first(self, x: Any, idx: Any) -> Any:
+        return self.torch.index_select(x, 0, idx)
+
+    def contiguous(self, x: Any) -> Any:
+        return x.contiguous()
+
+    def transpose(self, x: Any, axes: tuple[int, ...]) -> Any:
+        return x.permute(*axes).contiguous()
+
+    def expand_index(self, idx: Any, shape: tuple[int, ...]) -> Any:
+        return idx.expand(*shape)
 
     def stack(self, xs: list[Any], axis: int) -> Any:
         return self.torch.stack(xs, dim=axis)

@@ -23,6 +23,7 @@ weights, and the batch is processed in chunks (``batch_chunk``) to bound them.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from hiergen.models.errors import EvidenceError, InconsistentEvidenceError
 from hiergen.models.grammar import Grammar, TreeSample
 from hiergen.models.noise import Evidence
 
-# Temporaries of at most this many elements per chunk (rule weights of one level).
-_CHUNK_ELEMENTS = 1 << 23
+# Default chunk sizes: rule-weight temporaries of at most this many elements per chunk.
+# Small for numpy (cache-resident chunks are fastest on a CPU), large on accelerators.
+_CHUNK_ELEMENTS = {"numpy": 1 << 20, "cpu": 1 << 22, "accelerator": 1 << 26}
 
 
 @dataclass
@@ -109,11 +111,11 @@ class _Level:
     v_child: int
     s: int
     m: int
-    child_idx: list[Any]  # s index arrays (R,)
-    parent_idx: Any  # (R,) parent symbol of each flat rule
-    probs: Any | None  # (R,) or None when uniform with m rules per symbol
+    child_idx: list[Any]  # s index arrays (R,); flat rule r = k * v_parent + a (rule k of a)
+    probs: Any | None  # (R, 1, 1) or None when uniform with m rules per symbol
+    ones_m: Any  # (m, 1, 1, 1) ones
     log_uniform: float  # log(1/m) when probs is None, else 0
-    scatter: list[Any]  # s one-hot (R, v_child) matrices
+    scatter: list[Any]  # s one-hot (v_child, R) matrices
     children_flat: Any  # (R, s) index array
 
 
@@ -131,6 +133,8 @@ class BeliefPropagation:
         the batch items no datum can explain (the exception's ``posterior`` attribute keeps
         everything computed); ``"flag"`` returns them with NaN marginals, ``-inf``
         log-evidence and ``Posterior.inconsistent`` set.
+    threads : worker threads over batch chunks for the numpy backend (default: CPU count,
+        at most 4).
 
     Examples
     --------
@@ -151,6 +155,7 @@ class BeliefPropagation:
         device: str | None = None,
         batch_chunk: int | None = None,
         on_inconsistent: str = "raise",
+        threads: int | None = None,
     ) -> None:
         if not isinstance(grammar, Grammar):
             raise EvidenceError(f"BeliefPropagation needs a Grammar, got {type(grammar).__name__}")
@@ -164,10 +169,16 @@ class BeliefPropagation:
         widest = max(g.n_nodes(lev) * t.v_parent * t.m for lev, t in enumerate(self.levels))
         widest = max(widest, g.d * g.vocab_sizes[-1])
         if batch_chunk is None:
-            batch_chunk = max(1, min(4096, _CHUNK_ELEMENTS // widest))
+            kind = "numpy" if backend == "numpy" else (
+                "cpu" if self.ops.device_name.lower().startswith(("cpu", "tfrt_cpu")) else "accelerator"
+            )
+            batch_chunk = max(1, min(8192, _CHUNK_ELEMENTS[kind] // widest))
         if isinstance(batch_chunk, bool) or not isinstance(batch_chunk, int) or batch_chunk < 1:
             raise EvidenceError(f"batch_chunk must be a positive int, got {batch_chunk!r}")
         self.batch_chunk = batch_chunk
+        if threads is None:
+            threads = min(4, os.cpu_count() or 1)
+        self.threads = int(threads)
         self._compiled: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -180,13 +191,16 @@ class BeliefPropagation:
         ch, pr, nr = g.children[lev], g.probs[lev], g.n_rules[lev]
         v_parent, m, s = ch.shape
         v_child = g.vocab_sizes[lev + 1]
-        flat = ch.reshape(-1, s)
+        # flat rules are ordered rule-index-major, r = k * v_parent + a, so that sums over the
+        # rules of a symbol reduce over a leading axis of (..., m, v_parent) (fast, vectorised)
+        flat = ch.transpose(1, 0, 2).reshape(-1, s)
+        flat_p = pr.T.reshape(-1)
         uniform = bool(np.all(nr == m)) and np.allclose(pr, 1.0 / m, rtol=0, atol=1e-15)
         scatter = []
-        for j in range(s):
-            one_hot = np.zeros((v_parent * m, v_child))
-            one_hot[np.arange(v_parent * m), flat[:, j]] = 1.0
-            one_hot[pr.reshape(-1) <= 0] = 0.0  # padding rules contribute nothing
+        for j in range(s):  # (v_child, R) incidence of child symbols at position j
+            one_hot = np.zeros((v_child, v_parent * m))
+            one_hot[flat[:, j], np.arange(v_parent * m)] = 1.0
+            one_hot[:, flat_p <= 0] = 0.0  # padding rules contribute nothing
             scatter.append(ops.asarray(one_hot))
         return _Level(
             v_parent=v_parent,
@@ -194,117 +208,142 @@ class BeliefPropagation:
             s=s,
             m=m,
             child_idx=[ops.index_array(flat[:, j]) for j in range(s)],
-            parent_idx=ops.index_array(np.repeat(np.arange(v_parent), m)),
-            probs=None if uniform else ops.asarray(pr.reshape(-1)),
+            probs=None if uniform else ops.asarray(flat_p.reshape(-1, 1, 1)),
+            ones_m=ops.asarray(np.ones((m, 1, 1, 1))),
             log_uniform=-math.log(m) if uniform else 0.0,
             scatter=scatter,
             children_flat=ops.index_array(flat),
         )
 
     # ------------------------------------------------------------------ the algorithm
+    # Inside the algorithm every message is stored symbol-major, ``(v_l, B, n_l)``: gathering
+    # the rules' children is then a copy of whole rows (``x[idx]`` on axis 0) and every sum
+    # over symbols or rules adds whole rows — the fast path of every array library.
     def _normalise(self, msg: Any) -> tuple[Any, Any, Any]:
-        """Normalise ``(B, n, v)`` messages; return ``(msg, log_z (B,), zero (B,) bool)``."""
+        """Normalise ``(v, B, n)`` messages; return ``(msg, log_z (B,), zero (B,) bool)``."""
         ops = self.ops
-        z = ops.sum(msg, -1, keepdims=True)
+        z = ops.sum(msg, 0)
         zero = z <= 0
         z_safe = ops.where(zero, 1.0, z)
-        return msg / z_safe, ops.sum(ops.log(z_safe)[..., 0], 1), ops.any(zero[..., 0], 1)
+        return msg / z_safe, ops.sum(ops.log(z_safe), 1), ops.any(zero, 1)
 
-    def _rule_weights(self, t: _Level, child_msg: Any) -> Any:
-        """``(B, n_l, R)`` weights ``p_r prod_j up_child_j[c_{r,j}]`` of every rule at every node."""
+    def _rescale(self, msg: Any) -> Any:
+        """Normalise ``(v, B, n)`` messages to sum to one (all-zero messages stay zero)."""
         ops = self.ops
-        b = child_msg.shape[0]
-        c = child_msg.reshape(b, -1, t.s, t.v_child)
-        w = None
-        for j in range(t.s):
-            g = ops.take_last(c[:, :, j, :], t.child_idx[j])
-            w = g if w is None else w * g
+        z = ops.sum(msg, 0)
+        return msg / ops.where(z <= 0, 1.0, z)
+
+    def _gather_children(self, t: _Level, child_msg: Any) -> list[Any]:
+        """Per child position j, ``(R, B, n_l)`` messages ``up_child_j[c_{r,j}]`` of every rule."""
+        ops = self.ops
+        v, b, n_child = child_msg.shape
+        c = child_msg.reshape(v, b, n_child // t.s, t.s)
+        if t.s == 1:
+            return [ops.take_first(c[..., 0], t.child_idx[0])]
+        return [ops.take_first(ops.contiguous(c[..., j]), t.child_idx[j]) for j in range(t.s)]
+
+    def _rule_weights(self, t: _Level, gathered: list[Any]) -> Any:
+        """``(m, v_l, B, n_l)`` weights ``p_r prod_j up_child_j[c_{r,j}]`` (rule k of symbol a)."""
+        w = gathered[0]
+        for g in gathered[1:]:
+            w = w * g
         if t.probs is not None:
             w = w * t.probs
-        return w
+        return w.reshape((t.m, t.v_parent) + tuple(w.shape[1:]))
 
     def _leaf_messages(self, leaf: Any, is_log: bool) -> tuple[Any, Any, Any]:
-        """Turn ``(B, d, v)`` evidence into normalised leaf messages, ``log_z`` and ``bad``."""
+        """Turn ``(v, B, d)`` evidence into normalised leaf messages, ``log_z`` and ``bad``."""
         ops = self.ops
         if is_log:
-            mx = ops.max(leaf, -1, keepdims=True)
-            finite = ops.isfinite(mx)
-            mx_safe = ops.where(finite, mx, 0.0)
-            lik = ops.exp(leaf - mx_safe)
-            msg, log_z, bad = self._normalise(lik)
-            return msg, log_z + ops.sum(mx_safe[..., 0], 1), bad
+            mx = ops.max(leaf, 0)
+            mx_safe = ops.where(ops.isfinite(mx), mx, 0.0)
+            msg, log_z, bad = self._normalise(ops.exp(leaf - mx_safe))
+            return msg, log_z + ops.sum(mx_safe, 1), bad
         return self._normalise(leaf)
 
-    def _upward(self, leaf: Any, internal: list[Any], semiring: str, is_log: bool):
+    def _upward(self, leaf: Any, internal: list[Any], semiring: str, is_log: bool, keep: bool = False):
+        """Upward pass. Returns ``(up, best, log_z, bad, gathered)``; ``gathered[l]`` (kept for
+        the downward pass when ``keep``) holds the per-position child gathers of level l."""
         ops, L = self.ops, self.grammar.L
         up: list[Any] = [None] * (L + 1)
         best: list[Any] = [None] * L
+        gathered: list[Any] = [None] * L
         up[L], log_z, bad = self._leaf_messages(leaf, is_log)
         if internal[L] is not None:
             up[L], lz, bz = self._normalise(up[L] * internal[L])
             log_z, bad = log_z + lz, bad | bz
         for lev in reversed(range(L)):
             t = self.levels[lev]
-            w = self._rule_weights(t, up[lev + 1])
-            w4 = w.reshape(w.shape[0], -1, t.v_parent, t.m)
+            gath = self._gather_children(t, up[lev + 1])
+            if keep:
+                gathered[lev] = gath
+            w4 = self._rule_weights(t, gath)
             if semiring == "sum":
-                msg = ops.sum(w4, -1)
+                msg = ops.sum(w4, 0)
             else:
-                msg = ops.max(w4, -1)
-                best[lev] = ops.argmax(w4, -1)
+                msg = ops.max(w4, 0)
+                best[lev] = ops.argmax(w4, 0)
             if internal[lev] is not None:
                 msg = msg * internal[lev]
             up[lev], lz, bz = self._normalise(msg)
-            log_z = log_z + lz + t.log_uniform * msg.shape[1]
+            log_z = log_z + lz + t.log_uniform * msg.shape[2]
             bad = bad | bz
-        return up, best, log_z, bad
+        return up, best, log_z, bad, gathered
 
     def _root(self, up0: Any, prior: Any, semiring: str) -> tuple[Any, Any]:
-        """Unnormalised root scores ``(B, v0)`` and their total (sum or max) ``(B,)``."""
+        """Unnormalised root scores ``(v0, B)`` and their total (sum or max) ``(B,)``."""
         ops = self.ops
-        score = prior * up0[:, 0, :]
-        total = ops.sum(score, -1) if semiring == "sum" else ops.max(score, -1)
+        score = prior * up0[:, :, 0]
+        total = ops.sum(score, 0) if semiring == "sum" else ops.max(score, 0)
         return score, total
 
     def _forward(self, leaf: Any, prior: Any, internal: list[Any], is_log: bool, want_marg: bool):
-        """Up and down passes for one chunk: marginals, log-evidence and the bad mask."""
+        """Up and down passes for one chunk: marginals ``(v_l, B, n_l)``, log-evidence, bad mask."""
         ops, L = self.ops, self.grammar.L
-        up, _, log_z, bad = self._upward(leaf, internal, "sum", is_log)
+        up, _, log_z, bad, gathered = self._upward(leaf, internal, "sum", is_log, keep=want_marg)
         score, total = self._root(up[0], prior, "sum")
         zero = total <= 0
         bad = bad | zero
         log_ev = log_z + ops.log(ops.where(zero, 1.0, total))
         if not want_marg:
             return [], log_ev, bad
-        b = score.shape[0]
+        b = score.shape[1]
         marg: list[Any] = [None] * (L + 1)
-        marg[0] = self._normalise(score.reshape(b, 1, -1))[0]
-        down = prior.reshape(b, 1, -1)
+        marg[0] = self._rescale(score.reshape(-1, b, 1))
+        down = prior.reshape(-1, b, 1)
         for lev in range(L):
             t = self.levels[lev]
-            g = down if internal[lev] is None else down * internal[lev]
-            n = g.shape[1]
-            base = ops.take_last(g, t.parent_idx)
-            if t.probs is not None:
-                base = base * t.probs
-            c = up[lev + 1].reshape(b, n, t.s, t.v_child)
-            gathered = [ops.take_last(c[:, :, j, :], t.child_idx[j]) for j in range(t.s)]
+            g = down if internal[lev] is None else down * internal[lev]  # (v_l, B, n)
+            n = g.shape[2]
+            gath = gathered[lev]
+            gathered[lev] = None
             msgs = []
             for j in range(t.s):
-                w = base
+                w = None
                 for k in range(t.s):
                     if k != j:
-                        w = w * gathered[k]
-                msgs.append(ops.matmul(w.reshape(b * n, -1), t.scatter[j]).reshape(b, n, t.v_child))
-            down = ops.stack(msgs, 2).reshape(b, n * t.s, t.v_child)
-            down = self._normalise(down)[0]
-            marg[lev + 1] = self._normalise(down * up[lev + 1])[0]
+                        w = gath[k] if w is None else w * gath[k]
+                if t.probs is not None:
+                    w = t.probs if w is None else w * t.probs
+                # the parent factor of rule r = (k, a) is g[a], broadcast over the m rules
+                gp = g.reshape(1, t.v_parent, b, n)
+                if w is None:  # s = 1, uniform rules
+                    w = gp * t.ones_m
+                elif tuple(w.shape[1:]) == (1, 1):  # s = 1: the rule probabilities alone
+                    w = gp * w.reshape(t.m, t.v_parent, 1, 1)
+                else:
+                    w = gp * w.reshape(t.m, t.v_parent, b, n)
+                # scatter-add of rule weights into child symbols: (v_c, R) @ (R, B*n)
+                msgs.append(ops.matmul(t.scatter[j], w.reshape(t.m * t.v_parent, b * n)))
+            down = ops.stack(msgs, 2).reshape(t.v_child, b, n * t.s)
+            down = self._rescale(down)
+            marg[lev + 1] = self._rescale(down * up[lev + 1])
         return marg, log_ev, bad
 
     def _sample_chunk(self, leaf: Any, prior: Any, internal: list[Any], is_log: bool, rng: Any):
         """Exact posterior sample of the whole tree for one chunk (Gumbel-max per node)."""
         ops, L = self.ops, self.grammar.L
-        up, _, _, bad = self._upward(leaf, internal, "sum", is_log)
+        up, _, _, bad, _ = self._upward(leaf, internal, "sum", is_log)
         score, total = self._root(up[0], prior, "sum")
         bad = bad | (total <= 0)
         sym, rng = self._gumbel_argmax(score, rng)  # (B,)
@@ -313,36 +352,35 @@ class BeliefPropagation:
         rules = []
         for lev in range(L):
             t = self.levels[lev]
-            w4 = self._rule_weights(t, up[lev + 1]).reshape(b, -1, t.v_parent, t.m)
+            w4 = self._rule_weights(t, self._gather_children(t, up[lev + 1]))  # (m, v, B, n)
             parent = symbols[-1]
             n = parent.shape[1]
-            idx = parent.reshape(b, n, 1, 1)
-            row = ops.take_along(w4, idx, 2).reshape(b, n, t.m)
-            r, rng = self._gumbel_argmax(row, rng)
-            child = t.children_flat[parent * t.m + r]  # (B, n, s)
+            idx = ops.expand_index(parent.reshape(1, 1, b, n), (t.m, 1, b, n))
+            row = ops.take_along(w4, idx, 1).reshape(t.m, b, n)
+            r, rng = self._gumbel_argmax(row, rng)  # (B, n)
+            child = t.children_flat[r * t.v_parent + parent]  # (B, n, s)
             rules.append(r)
             symbols.append(child.reshape(b, n * t.s))
         return symbols, rules, bad, rng
 
     def _gumbel_argmax(self, weights: Any, rng: Any) -> tuple[Any, Any]:
-        """Sample ``argmax(log w + Gumbel)`` along the last axis (exact categorical draw)."""
+        """Sample ``argmax(log w + Gumbel)`` along axis 0 (an exact categorical draw)."""
         ops = self.ops
         u, rng = ops.uniform(rng, tuple(weights.shape))
-        tiny = 1e-30 if ops.float64 else 1e-30
+        tiny = 1e-30
         gumbel = -ops.log(-ops.log(u + tiny) + tiny)
         pos = weights > 0
-        logw = ops.log(ops.where(pos, weights, 1.0))
-        keys = ops.where(pos, logw + gumbel, -np.inf)
-        return ops.argmax(keys, -1), rng
+        keys = ops.where(pos, ops.log(ops.where(pos, weights, 1.0)) + gumbel, -np.inf)
+        return ops.argmax(keys, 0), rng
 
     def _map_chunk(self, leaf: Any, prior: Any, internal: list[Any], is_log: bool):
         ops, L = self.ops, self.grammar.L
-        up, best, log_z, bad = self._upward(leaf, internal, "max", is_log)
+        up, best, log_z, bad, _ = self._upward(leaf, internal, "max", is_log)
         score, total = self._root(up[0], prior, "max")
         zero = total <= 0
         bad = bad | zero
         log_p = log_z + ops.log(ops.where(zero, 1.0, total))
-        sym = ops.argmax(score, -1)
+        sym = ops.argmax(score, 0)
         b = sym.shape[0]
         symbols = [sym.reshape(b, 1)]
         rules = []
@@ -350,8 +388,8 @@ class BeliefPropagation:
             t = self.levels[lev]
             parent = symbols[-1]
             n = parent.shape[1]
-            r = ops.take_along(best[lev], parent.reshape(b, n, 1), 2).reshape(b, n)
-            child = t.children_flat[parent * t.m + r]
+            r = ops.take_along(best[lev], parent.reshape(1, b, n), 0).reshape(b, n)
+            child = t.children_flat[r * t.v_parent + parent]
             rules.append(r)
             symbols.append(child.reshape(b, n * t.s))
         return symbols, rules, log_p, bad
@@ -436,13 +474,35 @@ class BeliefPropagation:
                 leaf = _pad(leaf, pad)
                 pr = _pad(pr, pad)
                 inn = [None if e is None else _pad(e, pad) for e in inn]
+            # to the algorithm's symbol-major layout: (B, n, v) -> (v, B, n), (B, v0) -> (v0, B)
             yield (
                 start,
                 stop,
-                ops.asarray(leaf),
-                ops.asarray(pr),
-                [None if e is None else ops.asarray(e) for e in inn],
+                ops.transpose(ops.asarray(leaf), (2, 0, 1)),
+                ops.transpose(ops.asarray(pr), (1, 0)),
+                [None if e is None else ops.transpose(ops.asarray(e), (2, 0, 1)) for e in inn],
             )
+
+    def _map_chunks(self, fn: Any, chunks: Any) -> Any:
+        """Apply ``fn(leaf, prior, internal)`` to every chunk, yielding ``((start, stop), out)``
+        in order. numpy runs chunks on a small thread pool (its kernels release the GIL);
+        JAX and torch parallelise inside their own kernels."""
+        if self.ops.name != "numpy" or self.threads <= 1:
+            for start, stop, leaf, pr, inn in chunks:
+                yield (start, stop), fn(leaf, pr, inn)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        def work(item: Any) -> Any:
+            start, stop, leaf, pr, inn = item
+            with self._context():
+                return (start, stop), fn(leaf, pr, inn)
+
+        # one BLAS thread per worker: the workers already use every core
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(self.threads) as pool:
+            yield from pool.map(work, chunks)
 
     def _fn(self, key: str, fn: Any) -> Any:
         if key not in self._compiled:
@@ -502,22 +562,27 @@ class BeliefPropagation:
         t0 = time.perf_counter()
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
         ops, L = self.ops, self.grammar.L
-        margs: list[list[np.ndarray]] = [[] for _ in range(L + 1)] if marginals else []
+        g = self.grammar
+        out_dtype = np.float64 if ops.float64 else np.float32
+        out = (
+            [np.empty((batch, g.n_nodes(lev), g.vocab_sizes[lev]), out_dtype) for lev in range(L + 1)]
+            if marginals
+            else []
+        )
         log_ev = np.empty(batch)
         bad = np.zeros(batch, dtype=bool)
         fn = self._fn(
             f"forward-{is_log}-{marginals}",
             lambda leaf, pr, inn: self._forward(leaf, pr, inn, is_log, marginals),
         )
+        chunks = self._chunks(arr, prior_arr, internal, batch)
         with self._context():
-            for start, stop, leaf, pr, inn in self._chunks(arr, prior_arr, internal, batch):
-                mg, le, bd = fn(leaf, pr, inn)
+            for (start, stop), (mg, le, bd) in self._map_chunks(fn, chunks):
                 k = stop - start
                 log_ev[start:stop] = ops.to_numpy(le)[:k]
                 bad[start:stop] = ops.to_numpy(bd)[:k]
-                for lev in range(len(mg)):
-                    margs[lev].append(ops.to_numpy(mg[lev])[:k])
-        out = [np.concatenate(x, 0) for x in margs]
+                for lev in range(len(mg)):  # back from (v, B, n) to (B, n, v)
+                    out[lev][start:stop] = ops.to_numpy(mg[lev])[:, :k].transpose(1, 2, 0)
         if bad.any():
             log_ev[bad] = -np.inf
             for x in out:
@@ -594,9 +659,9 @@ class BeliefPropagation:
         log_p = np.empty(batch)
         bad = np.zeros(batch, dtype=bool)
         fn = self._fn(f"map-{is_log}", lambda leaf, pr, inn: self._map_chunk(leaf, pr, inn, is_log))
+        chunks = self._chunks(arr, prior_arr, internal, batch)
         with self._context():
-            for start, stop, leaf, pr, inn in self._chunks(arr, prior_arr, internal, batch):
-                s, r, lp, bd = fn(leaf, pr, inn)
+            for (start, stop), (s, r, lp, bd) in self._map_chunks(fn, chunks):
                 k = stop - start
                 log_p[start:stop] = ops.to_numpy(lp)[:k]
                 bad[start:stop] = ops.to_numpy(bd)[:k]

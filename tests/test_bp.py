@@ -16,6 +16,8 @@ GRAMMARS = {
     "rhm-s3": lambda: RHM(v=3, n_classes=2, m=2, s=3, L=2, seed=1),
     "ambiguous-mixed-branching": lambda: random_grammar((2, 3, 3), (2, 3), 3, seed=5),
     "ambiguous-s3": lambda: random_grammar((3, 2, 3), (3, 2), 3, seed=7),
+    "branching-one": lambda: random_grammar((2, 3, 3), (1, 2), 2, seed=4),
+    "branching-one-uniform": lambda: random_grammar((2, 3, 2), (2, 1), 2, seed=4, uniform=True),
     "nonuniform-deep": lambda: random_grammar((2, 3, 2, 3), (2, 2, 2), 2, seed=11),
     "unambiguous-nonuniform": lambda: random_grammar((2, 3, 4), (2, 2), 3, seed=2, ambiguous=False),
 }
