@@ -1,0 +1,46 @@
+"""``hiergen bench bp``: belief-propagation throughput and memory."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks (bp: BP throughput and memory)")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    bp = what.add_parser("bp", help="time all-level BP marginals on the headline RHM")
+    bp.add_argument("--backends", default="numpy,torch,jax", help="comma list (numpy,torch,jax)")
+    bp.add_argument("--depths", default="6,8,10", help="comma list of L")
+    bp.add_argument("--batch", type=int, default=1024)
+    bp.add_argument("--v", type=int, default=32)
+    bp.add_argument("--m", type=int, default=8)
+    bp.add_argument("--s", type=int, default=2)
+    bp.add_argument("--n-classes", type=int, default=32)
+    bp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    bp.add_argument("--device", default=None, help="e.g. cuda (torch) or gpu (jax)")
+    bp.add_argument("--repeats", type=int, default=3)
+    bp.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    bp.set_defaults(func=run_bp)
+
+
+def run_bp(args: argparse.Namespace) -> int:
+    from hiergen.bench import bench_bp, format_table, results_json
+    from hiergen.models.errors import ConfigError
+
+    try:
+        depths = [int(x) for x in args.depths.split(",") if x]
+    except ValueError as exc:
+        raise ConfigError(f"--depths must be a comma list of integers, got {args.depths!r}") from exc
+    backends = [b for b in args.backends.split(",") if b]
+    results = bench_bp(
+        backends=backends, depths=depths, batch=args.batch, v=args.v, m=args.m, s=args.s,
+        n_classes=args.n_classes, dtype=args.dtype, device=args.device, repeats=args.repeats,
+    )
+    print(format_table(results))
+    text = results_json(results)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+    return 0
