@@ -402,7 +402,7 @@ class BeliefPropagation:
         prior: Any,
         internal_evidence: Mapping[int, Any] | None,
     ) -> tuple[Any, bool, Any, list[Any], int]:
-        g, ops = self.grammar, self.ops
+        g = self.grammar
         is_log = bool(log)
         if isinstance(evidence, Evidence):
             if log is False:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import random_grammar
 
+from conftest import random_grammar
 from hiergen import RHM, BeliefPropagation
 from hiergen.inference.bruteforce import brute_force_posterior, enumerate_trees
 from hiergen.models.errors import BackendError, EvidenceError, InconsistentEvidenceError
