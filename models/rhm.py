@@ -65,12 +65,24 @@ class RHM(Grammar):
         rules = _rules if _rules is not None else random_rhm_rules(
             v, n_classes, m, s, L, np.random.default_rng(seed)
         )
+        if _rules is not None:
+            if len(_rules) != L:
+                raise GrammarError(f"RHM rules: expected {L} levels, got {len(_rules)}")
+            for lev, r in enumerate(_rules):
+                want = (n_classes if lev == 0 else v, m, s)
+                if np.shape(r) != want:
+                    raise GrammarError(
+                        f"RHM rules of level {lev} must have shape {want} (n_parent, m, s), "
+                        f"got {np.shape(r)}"
+                    )
         super().__init__(
             vocab_sizes=(n_classes,) + (v,) * L,
             branching=s,
             rules=rules,
             allow_unreachable=True,
         )
+        if _rules is not None and not self.is_unambiguous:
+            raise GrammarError("RHM rules must be unambiguous (no tuple produced twice in a level)")
 
     @property
     def f(self) -> float:

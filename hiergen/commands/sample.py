@@ -1,0 +1,166 @@
+"""``hiergen sample``: sample data from an RHM or a grammar file, save them, draw a tree.
+
+Also ``hiergen grammar info FILE`` (properties of a grammar) and
+``hiergen grammar convert IN OUT`` (between JSON, YAML and the text form).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="sample data from an RHM (or a grammar file), save them and draw a tree",
+        description="Sample data with their latent trees from a Random Hierarchy Model "
+        "(--v --n-classes --m --s --L --seed) or from a grammar file (--grammar: .json, "
+        ".yaml, .yml, .txt, .grammar). Prints the samples; with --out also writes "
+        "grammar.json, samples.json (or samples.npz) and tree.png (first sample).",
+    )
+    p.add_argument("--grammar", type=Path, default=None, help="grammar file instead of an RHM")
+    p.add_argument("--v", type=int, default=8, help="RHM vocabulary size per level (default 8)")
+    p.add_argument("--n-classes", type=int, default=4, help="RHM number of classes (default 4)")
+    p.add_argument("--m", type=int, default=2, help="RHM rules per symbol (default 2)")
+    p.add_argument("--s", type=int, default=2, help="RHM branching factor (default 2)")
+    p.add_argument("--L", type=int, default=3, help="RHM depth (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the RHM rules (default 0)")
+    p.add_argument("--n", type=int, default=5, help="number of samples (default 5)")
+    p.add_argument("--sample-seed", type=int, default=None, help="seed of the samples (default: --seed)")
+    p.add_argument("--class", dest="cls", type=int, default=None, help="sample only this class")
+    p.add_argument("--out", type=Path, default=None, help="output folder")
+    p.add_argument("--format", choices=["json", "npz"], default="json", help="samples file format")
+    p.add_argument("--no-draw", action="store_true", help="do not draw the tree")
+    p.add_argument("--show", type=int, default=10, help="print at most this many samples (default 10)")
+    p.set_defaults(func=run_sample)
+
+    g = sub.add_parser("grammar", help="inspect or convert grammar files")
+    what = g.add_subparsers(dest="what", metavar="WHAT", required=True)
+    info = what.add_parser("info", help="print the properties of a grammar file")
+    info.add_argument("file", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    info.set_defaults(func=run_info)
+    conv = what.add_parser("convert", help="convert between .json, .yaml/.yml and .txt/.grammar")
+    conv.add_argument("src", type=Path)
+    conv.add_argument("dst", type=Path)
+    conv.set_defaults(func=run_convert)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from hiergen.models.rhm import RHM
+    from hiergen.models.serialize import load_grammar
+
+    if args.grammar is not None:
+        return load_grammar(args.grammar)
+    return RHM(v=args.v, n_classes=args.n_classes, m=args.m, s=args.s, L=args.L, seed=args.seed)
+
+
+def _fmt(symbols: Any, level: int, names: list[list[str]] | None) -> str:
+    if names is None:
+        return " ".join(str(int(x)) for x in symbols)
+    return " ".join(names[level][int(x)] for x in symbols)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hiergen.models.errors import ConfigError
+    from hiergen.models.serialize import grammar_to_dict, save_grammar
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    grammar = _load(args)
+    seed = args.seed if args.sample_seed is None else args.sample_seed
+    tree = grammar.sample(args.n, seed=seed, classes=args.cls)
+    names = grammar.symbol_names
+    print(f"{grammar!r}: d={grammar.d}, {args.n} samples (seed {seed})")
+    for k in range(min(args.n, args.show)):
+        label = _fmt(tree.symbols[0][k], 0, names)
+        print(f"[{k}] class {label}: {_fmt(tree.leaves[k], grammar.L, names)}")
+    if args.n > args.show:
+        print(f"... ({args.n - args.show} more)")
+    if args.out is None:
+        return 0
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    written = [save_grammar(grammar, out / "grammar.json")]
+    if args.format == "json":
+        data = {
+            "grammar": grammar_to_dict(grammar),
+            "seed": seed,
+            "leaves": tree.leaves.tolist(),
+            "labels": tree.labels.tolist(),
+            "symbols": [x.tolist() for x in tree.symbols],
+            "rules": [x.tolist() for x in tree.rules],
+        }
+        path = out / "samples.json"
+        path.write_text(json.dumps(data))
+    else:
+        path = out / "samples.npz"
+        arrays = {"leaves": tree.leaves, "labels": tree.labels, "seed": np.int64(seed)}
+        arrays.update({f"symbols_{lev}": x for lev, x in enumerate(tree.symbols)})
+        arrays.update({f"rules_{lev}": x for lev, x in enumerate(tree.rules)})
+        np.savez_compressed(path, **arrays)
+    written.append(path)
+    if not args.no_draw:
+        from hiergen.models.graphs import draw_tree
+
+        written.append(draw_tree(grammar, out / "tree.png", sample=tree, index=0))
+    for p in written:
+        print(f"wrote {p}")
+    return 0
+
+
+def grammar_info(grammar: Any) -> dict[str, Any]:
+    """Properties of a grammar as a JSON-able dict (sizes, d, counts, ambiguity...)."""
+    from hiergen.models.pgmpy_view import estimate_table_size
+    from hiergen.models.rhm import RHM
+
+    info: dict[str, Any] = {
+        "type": type(grammar).__name__,
+        "L": grammar.L,
+        "vocab_sizes": list(grammar.vocab_sizes),
+        "branching": list(grammar.branching),
+        "d": grammar.d,
+        "rules_per_symbol": [
+            [int(nr.min()), int(nr.max())] for nr in grammar.n_rules
+        ],
+        "n_data": str(grammar.n_derivations()),
+        "unambiguous": bool(grammar.is_unambiguous),
+        "uniform": bool(grammar.is_uniform),
+        "unreachable_symbols": [len(u) for u in grammar.unreachable_symbols()],
+        "named": grammar.symbol_names is not None,
+        "pgmpy_table_entries": estimate_table_size(grammar),
+    }
+    if isinstance(grammar, RHM):
+        info["params"] = grammar.params
+        info["f"] = grammar.f
+        info["n_data_per_class"] = str(grammar.n_data_per_class)
+    return info
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from hiergen.models.serialize import load_grammar
+
+    info = grammar_info(load_grammar(args.file))
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    if not info["unambiguous"]:
+        info["n_data"] += " derivations (ambiguous grammar: distinct data may be fewer)"
+    width = max(len(k) for k in info)
+    print(f"grammar {args.file}")
+    for key, value in info.items():
+        print(f"  {key:<{width}}  {value}")
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from hiergen.models.serialize import load_grammar, save_grammar
+
+    path = save_grammar(load_grammar(args.src), args.dst)
+    print(f"wrote {path}")
+    return 0
