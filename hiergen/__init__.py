@@ -35,7 +35,7 @@ _LAZY = {
     "Masking": "hiergen.models.noise",
 }
 
-_SUBMODULES = {"models", "inference", "imagenet", "experiments", "cli", "bench", "plots"}
+_SUBMODULES = {"models", "inference", "imagenet", "experiments", "cli", "bench"}
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

@@ -128,8 +128,11 @@ class GaussianDiffusion:
         """``x_t`` of shape ``(batch, d, v)`` for clean leaves ``x0`` ``(batch, d)``."""
         x0 = _check_leaves(x0, self.v)
         ab = float(self.schedule.alpha_bar(t))
-        xi = _rng(seed).standard_normal(x0.shape + (self.v,))
-        return np.sqrt(ab) * np.eye(self.v)[x0] + np.sqrt(1.0 - ab) * xi
+        x_t = _rng(seed).standard_normal(x0.shape + (self.v,))
+        x_t *= np.sqrt(1.0 - ab)
+        signal = np.take_along_axis(x_t, x0[..., None], axis=-1) + np.sqrt(ab)
+        np.put_along_axis(x_t, x0[..., None], signal, axis=-1)  # + sqrt(abar) onehot(x0)
+        return x_t
 
     def log_likelihood(self, x_t: np.ndarray, t: float) -> np.ndarray:
         """``log p(x_t | x0 = a)`` up to a per-leaf constant, ``(batch, d, v)``."""
@@ -139,7 +142,7 @@ class GaussianDiffusion:
         ab = float(self.schedule.alpha_bar(t))
         if ab >= 1.0:
             raise EvidenceError("at t = 0 there is no noise: use exact (one-hot) evidence instead")
-        return np.sqrt(ab) * x_t / (1.0 - ab)
+        return x_t * (np.sqrt(ab) / (1.0 - ab))
 
     def evidence(self, x0: Any, t: float, seed: int | np.random.Generator | None = 0) -> Evidence:
         """Noise ``x0`` to time ``t`` and return the exact leaf evidence (t = 0: exact leaves)."""
