@@ -1,0 +1,167 @@
+"""``hiergen imagenet``: DDPM forward-backward and classifier probing on images (Fig. 2).
+
+    hiergen imagenet train-digits --out weights/
+    hiergen imagenet forward-backward --ddpm digits --images digits --out run/ --steps 50 --n-k 11
+    hiergen imagenet probe --out run/ --classifier digits
+    hiergen imagenet plot --out run/
+
+All three run steps are resumable (finished (image, k) PNGs and probe parts are kept) and split
+over processes with ``--shard-index/--num-shards`` or torchrun's ``RANK``/``WORLD_SIZE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--shard-index", type=int, default=None,
+                   help="this process's shard (default: $RANK, else 0)")
+    p.add_argument("--num-shards", type=int, default=None,
+                   help="number of processes (default: $WORLD_SIZE, else 1)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("imagenet", help="DDPM forward-backward and classifier probing on images")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+
+    fb = what.add_parser("forward-backward", help="noise start images to t_k and denoise back")
+    fb.add_argument("--ddpm", default="digits",
+                    help="diffusers DDPM folder or hub id, or 'digits' (the shipped preset)")
+    fb.add_argument("--images", default="digits",
+                    help="image folder (class subfolders or flat + --labels), or 'digits'")
+    fb.add_argument("--labels", default=None, help="labels file of a flat (ILSVRC val) folder")
+    fb.add_argument("--n-per-class", type=int, default=None, help="deterministic subset size")
+    fb.add_argument("--subset-seed", type=int, default=0)
+    fb.add_argument("--out", type=Path, required=True, help="run folder")
+    fb.add_argument("--steps", type=int, default=250, help="respaced steps N")
+    fb.add_argument("--ks", default=None, help="comma list of reversal steps (default: --n-k grid)")
+    fb.add_argument("--n-k", type=int, default=11, help="number of evenly spread k in 0..N")
+    fb.add_argument("--seed", type=int, default=0)
+    fb.add_argument("--dtype", default="float32", choices=DTYPES, help="autocast dtype (CUDA)")
+    fb.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
+    _add_device(fb)
+    fb.set_defaults(func=run_forward_backward)
+
+    pr = what.add_parser("probe", help="hook a timm classifier on start vs generated images")
+    pr.add_argument("--out", type=Path, required=True, help="run folder of forward-backward")
+    pr.add_argument("--classifier", default="digits",
+                    help="timm model name, hiergen classifier folder, or 'digits'")
+    pr.add_argument("--checkpoint", default=None, help="local weights for a timm model")
+    pr.add_argument("--no-pretrained", action="store_true", help="do not fetch timm weights")
+    pr.add_argument("--hooks", default=None, help="comma list of module names to hook")
+    _add_device(pr)
+    pr.set_defaults(func=run_probe)
+
+    pl = what.add_parser("plot", help="Fig. 2 panels from probe.nc")
+    pl.add_argument("--out", type=Path, required=True, help="run folder")
+    pl.add_argument("--png", type=Path, default=None, help="figure path (default RUN/fig2.png)")
+    pl.set_defaults(func=run_plot)
+
+    tr = what.add_parser("train-digits", help="train the digits preset DDPM and classifier")
+    tr.add_argument("--out", type=Path, required=True, help="folder for ddpm/ and classifier/")
+    tr.add_argument("--ddpm-steps", type=int, default=3000)
+    tr.add_argument("--classifier-epochs", type=int, default=20)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--threads", type=int, default=None)
+    tr.add_argument("--no-progress", action="store_true")
+    tr.set_defaults(func=run_train_digits)
+
+
+def _device(args) -> str:
+    """``cuda`` becomes ``cuda:$LOCAL_RANK`` under torchrun / accelerate."""
+    import os
+
+    if args.device == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    return args.device
+
+
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def run_forward_backward(args: argparse.Namespace) -> int:
+    import torch
+
+    from hiergen.imagenet.data import scan_images, shard_from_env
+    from hiergen.imagenet.digits import export_digits_folder, resolve_preset
+    from hiergen.imagenet.forward_backward import RespacedDDPM, load_ddpm
+    from hiergen.imagenet.forward_backward import run_forward_backward as run
+    from hiergen.imagenet.schedule import k_grid
+    from hiergen.models.errors import ConfigError
+
+    _threads(args)
+    shard_index, num_shards = shard_from_env(args.shard_index, args.num_shards)
+    images = args.images
+    if images == "digits":
+        images = export_digits_folder(args.out / "start_images", split="test")
+    records = scan_images(images, labels_file=args.labels, n_per_class=args.n_per_class,
+                          seed=args.subset_seed)
+    unet, scheduler = load_ddpm(resolve_preset(args.ddpm, "ddpm"), device=_device(args))
+    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    sampler = RespacedDDPM(unet, scheduler, args.steps, dtype=dtype, compile=args.compile)
+    if args.ks:
+        try:
+            ks = [int(k) for k in args.ks.split(",") if k]
+        except ValueError as exc:
+            raise ConfigError(f"--ks must be a comma list of integers, got {args.ks!r}") from exc
+    else:
+        ks = k_grid(args.steps, args.n_k)
+    stats = run(sampler, records, ks, args.out, seed=args.seed, batch_size=args.batch_size,
+                shard_index=shard_index, num_shards=num_shards, ddpm_name=str(args.ddpm),
+                progress=not args.no_progress)
+    print(json.dumps({"forward_backward": stats, "n_images": len(records), "ks": sorted(set(ks))}))
+    return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from hiergen.imagenet.data import shard_from_env
+    from hiergen.imagenet.digits import resolve_preset
+    from hiergen.imagenet.probe import load_classifier
+    from hiergen.imagenet.probe import run_probe as run
+
+    _threads(args)
+    shard_index, num_shards = shard_from_env(args.shard_index, args.num_shards)
+    clf = load_classifier(resolve_preset(args.classifier, "classifier"),
+                          pretrained=not args.no_pretrained, checkpoint=args.checkpoint,
+                          device=_device(args))
+    hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
+    stats = run(args.out, clf, batch_size=args.batch_size, shard_index=shard_index,
+                num_shards=num_shards, hook_names=hooks, device=_device(args),
+                progress=not args.no_progress)
+    done = (args.out / "probe.nc").is_file()
+    print(json.dumps({"probe": stats, "merged": str(args.out / "probe.nc") if done else None}))
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from hiergen.imagenet.plots import plot_fig2
+    from hiergen.imagenet.probe import merge_probe
+
+    ds = merge_probe(args.out, strict=True)
+    png = plot_fig2(ds, args.out, args.png or args.out / "fig2.png")
+    print(png)
+    return 0
+
+
+def run_train_digits(args: argparse.Namespace) -> int:
+    from hiergen.imagenet.digits import train_preset
+
+    _threads(args)
+    info = train_preset(args.out, ddpm_steps=args.ddpm_steps,
+                        classifier_epochs=args.classifier_epochs, seed=args.seed,
+                        progress=not args.no_progress)
+    print(json.dumps(info))
+    return 0
