@@ -1,0 +1,204 @@
+"""Phase diagram of class recovery (the paper's Fig. 6): mean-field theory over (v, m)
+overlaid with exact-BP simulations.
+
+    python examples/phase_diagram.py                 # about 1-2 min on 2 CPU cores
+    python examples/phase_diagram.py --vmax 64 --sim 8:2,3,4,5,6,7 16:2,4,6,8,10,12 32:4,8,16
+
+Theory (s = 2 by default, v = 4..vmax, every feasible m): the regime of the class as the
+depth grows — a transition at eps* (colour), "unrecoverable" (p = 1 unstable, about
+s f > 1: the class is lost at any noise) or "always-recoverable" (p = 1/v unstable, m below
+about s). Simulation: for each (v, m) of ``--sim``, exact BP root curves at two depths are
+measured on an eps grid; where they cross is the simulated eps* (points coloured like the
+theory), "x" marks grammars whose deeper curve is worse at every eps (class lost), "+"
+those whose deeper curve is better at every eps. Panel (b): eps* against f = m / v^(s-1)
+(finite-v theory, v -> inf limit, simulations). Writes ``phase_diagram.png`` and
+``phase_diagram.nc``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SIM_KIND = ("crossing", "lost", "kept")
+
+
+def _sim_spec(items: Sequence[str]) -> list[tuple[int, int]]:
+    """``["8:2,4", "16:4"]`` -> ``[(8, 2), (8, 4), (16, 4)]``."""
+    pairs = []
+    for item in items:
+        v, ms = item.split(":")
+        pairs.extend((int(v), int(m)) for m in ms.split(","))
+    return pairs
+
+
+def simulate(pairs: Sequence[tuple[int, int]], s: int, depths: tuple[int, int], eps: np.ndarray,
+             n_samples: int, seeds: Sequence[int], tol: float = 0.003,
+             progress: bool = True) -> dict[str, np.ndarray]:
+    """Exact-BP root curves at two depths and their crossing for every (v, m).
+
+    The deeper curve counts as better somewhere only when it beats the shallower one by
+    more than ``tol`` (absolute probability).
+    """
+    from tqdm import tqdm
+
+    from hiergen.inference import meanfield as mf
+
+    n = len(pairs)
+    root = np.full((n, 2, eps.size), np.nan)
+    sem = np.full((n, 2, eps.size), np.nan)
+    eps_sim, kind = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
+    for k, (v, m) in enumerate(tqdm(pairs, desc="BP grammars", disable=not progress)):
+        for j, L in enumerate(depths):
+            sim = mf.bp_reconstruction(eps, v, m, s, L, n_samples=n_samples, seeds=seeds)
+            root[k, j], sem[k, j] = sim.marginal[:, 0], sim.marginal_sem[:, 0]
+        diff = root[k, 1] - root[k, 0]
+        eps_sim[k] = mf.crossing(eps, root[k, 0], root[k, 1], tol=tol)
+        if np.isfinite(eps_sim[k]):
+            kind[k] = 0
+        else:
+            kind[k] = 1 if diff.max() <= tol else 2
+    return {"root": root, "root_sem": sem, "eps_sim": eps_sim, "kind": kind}
+
+
+def run(args: argparse.Namespace) -> Any:
+    import xarray as xr
+
+    from hiergen.inference import meanfield as mf
+
+    s = args.s
+    vs = np.arange(4, args.vmax + 1)
+    ms = np.arange(1, int(vs.max()) ** (s - 1) + 1) if s == 2 else np.arange(1, args.mmax + 1)
+    if args.mmax:
+        ms = ms[ms <= args.mmax]
+    pd = mf.phase_diagram(vs, ms, s)
+    pairs = _sim_spec(args.sim)
+    eps = np.linspace(args.eps_min, args.eps_max, args.n_eps)
+    sim = simulate(pairs, s, tuple(args.depths), eps, args.n_samples, args.seeds, args.tol,
+                   not args.no_progress)
+    theory_pairs = np.array([mf.critical_eps(v, m, s) for v, m in pairs])
+    f_line = np.linspace(0.005, 1.0, 200)
+    large_v = np.array([mf.critical_eps_large_v(f, s) for f in f_line])
+    ds = xr.Dataset(
+        {
+            "regime": (("v", "m"), pd.code),
+            "eps_star": (("v", "m"), pd.eps_star),
+            "slope_one": (("v", "m"), pd.slope_one),
+            "slope_uniform": (("v", "m"), pd.slope_uniform),
+            "f": (("v", "m"), pd.f),
+            "sim_v": (("grammar",), np.array([p[0] for p in pairs])),
+            "sim_m": (("grammar",), np.array([p[1] for p in pairs])),
+            "sim_root": (("grammar", "depth", "eps"), sim["root"]),
+            "sim_root_sem": (("grammar", "depth", "eps"), sim["root_sem"]),
+            "sim_eps_star": (("grammar",), sim["eps_sim"]),
+            "sim_kind": (("grammar",), sim["kind"]),
+            "theory_eps_star": (("grammar",), theory_pairs),
+            "eps_star_large_v": (("f_line",), large_v),
+        },
+        coords={"v": vs, "m": ms, "depth": list(args.depths), "eps": eps, "f_line": f_line},
+    )
+    ds.attrs.update(s=s, regimes=", ".join(f"{i}={r}" for i, r in enumerate(mf.REGIMES)) + ", -1=infeasible",
+                    sim_kinds=", ".join(f"{i}={k}" for i, k in enumerate(SIM_KIND)),
+                    n_samples=args.n_samples, seeds=list(args.seeds), tol=args.tol)
+    return ds
+
+
+def plot(ds: Any, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    s = int(ds.attrs["s"])
+    fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8))
+    ax = axes[0]
+    vs, ms = ds.v.values, ds.m.values
+    extent = (vs[0] - 0.5, vs[-1] + 0.5, ms[0] - 0.5, ms[-1] + 0.5)
+    code = ds.regime.values.T.astype(float)
+    cat = np.where(code == 1, 0.0, np.where(code == 2, 1.0, np.where(code == 3, 2.0, np.nan)))
+    ax.imshow(cat, origin="lower", extent=extent, aspect="auto", interpolation="nearest",
+              cmap=ListedColormap(["0.75", "#bcd9f0", "#f0d9bc"]), vmin=0, vmax=2)
+    im = ax.imshow(ds.eps_star.values.T, origin="lower", extent=extent, aspect="auto",
+                   interpolation="nearest", cmap="viridis", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, label="eps* (theory colour map; simulation points)")
+    v_line = np.linspace(vs[0], vs[-1], 200)
+    if s == 2:
+        ax.plot(v_line, (v_line + 1) / 2, "k-", lw=1, label="s m (v-1) = v^s - 1  (p=1 marginal)")
+    ax.plot(v_line, s * (v_line - 1) * v_line ** (s - 1) / (v_line**s - 1), "k--", lw=1,
+            label="m = s(v-1)v^(s-1)/(v^s-1)  (p=1/v marginal)")
+    kind = ds.sim_kind.values
+    sv, sm = ds.sim_v.values, ds.sim_m.values
+    cross = kind == 0
+    ax.scatter(sv[cross], sm[cross], c=ds.sim_eps_star.values[cross], cmap="viridis", vmin=0, vmax=1,
+               edgecolors="w", s=70, zorder=3, label="BP: curves cross (colour: eps*)")
+    ax.scatter(sv[kind == 1], sm[kind == 1], marker="x", color="r", s=60, zorder=3,
+               label="BP: deeper worse at all eps")
+    ax.scatter(sv[kind == 2], sm[kind == 2], marker="+", color="b", s=80, zorder=3,
+               label="BP: deeper better at all eps")
+    ax.set(xlabel="v", ylabel="m", xlim=extent[:2], ylim=extent[2:],
+           title=f"(a) theory regimes, s={s}: grey lost, blue always, colour eps*")
+    ax.legend(fontsize=7, loc="upper left")
+    ax = axes[1]
+    f_sim = sm / sv.astype(float) ** (s - 1)
+    for v in np.unique(sv):
+        m_all = ms[ms * v <= v**s]
+        fv = m_all / float(v) ** (s - 1)
+        ax.plot(fv, ds.eps_star.sel(v=v).values[: m_all.size], "-", lw=1, label=f"theory v={v}")
+    ax.plot(ds.f_line, ds.eps_star_large_v, "k--", lw=1, label="theory v -> inf")
+    ok = np.isfinite(ds.sim_eps_star.values)
+    ax.scatter(f_sim[ok], ds.sim_eps_star.values[ok], color="k", s=25, zorder=3,
+               label="BP crossing of L=" + "/".join(str(int(d)) for d in ds.depth.values))
+    ax.axvline(1 / s, color="0.5", ls=":", lw=1, label="s f = 1")
+    ax.set(xlabel="f = m / v^(s-1)", ylabel="eps*", ylim=(0, 1.02), title="(b) critical noise")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("hiergen-out/phase_diagram"))
+    parser.add_argument("--s", type=int, default=2)
+    parser.add_argument("--vmax", type=int, default=32, help="theory grid v = 4..vmax")
+    parser.add_argument("--mmax", type=int, default=0, help="theory grid m <= mmax (0: all)")
+    parser.add_argument("--sim", nargs="+", default=["8:2,3,4,5,6,7", "16:2,4,6,8,10,12"],
+                        help="simulated grammars as v:m1,m2,...")
+    parser.add_argument("--depths", nargs=2, type=int, default=[3, 5], help="two depths")
+    parser.add_argument("--eps-min", type=float, default=0.05)
+    parser.add_argument("--eps-max", type=float, default=0.975)
+    parser.add_argument("--n-eps", type=int, default=38)
+    parser.add_argument("--n-samples", type=int, default=200, help="samples per RHM seed")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="RHM seeds")
+    parser.add_argument("--tol", type=float, default=0.003,
+                        help="min advantage of the deeper root curve that counts (default 0.003)")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.s != 2 and not args.mmax:
+        parser.error("--mmax is required for s > 2")
+
+    ds = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    nc_path = args.out / "phase_diagram.nc"
+    ds.to_netcdf(nc_path, engine="h5netcdf")
+    png = plot(ds, args.out / "phase_diagram.png")
+    print(f"{'v':>4} {'m':>4} {'f':>6} {'regime':>19} {'eps* theory':>12} {'eps* BP':>8}  BP")
+    from hiergen.inference import meanfield as mf
+
+    for k in range(ds.sizes["grammar"]):
+        v, m = int(ds.sim_v[k]), int(ds.sim_m[k])
+        print(f"{v:>4} {m:>4} {m / v ** (args.s - 1):>6.3f} {mf.regime(v, m, args.s):>19} "
+              f"{float(ds.theory_eps_star[k]):>12.4f} {float(ds.sim_eps_star[k]):>8.4f}  "
+              f"{SIM_KIND[int(ds.sim_kind[k])]}")
+    print(f"wrote {png}, {nc_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
