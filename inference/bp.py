@@ -620,26 +620,20 @@ class BeliefPropagation:
         Returns a :class:`~hiergen.models.grammar.TreeSample` (numpy).
         """
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
-        ops, L = self.ops, self.grammar.L
+        ops = self.ops
         rng = ops.make_rng(seed)
-        syms: list[list[np.ndarray]] = [[] for _ in range(L + 1)]
-        rls: list[list[np.ndarray]] = [[] for _ in range(L)]
         bad = np.zeros(batch, dtype=bool)
         fn = self._fn(
             f"sample-{is_log}",
             lambda leaf, pr, inn, key: self._sample_chunk(leaf, pr, inn, is_log, key),
         )
+        trees = _TreeCollector(ops, self.grammar.L)
         with self._context():
             for start, stop, leaf, pr, inn in self._chunks(arr, prior_arr, internal, batch):
                 s, r, bd, rng = fn(leaf, pr, inn, rng)
-                k = stop - start
-                bad[start:stop] = ops.to_numpy(bd)[:k]
-                for lev in range(L + 1):
-                    syms[lev].append(ops.to_numpy(s[lev])[:k].astype(np.int64))
-                for lev in range(L):
-                    rls[lev].append(ops.to_numpy(r[lev])[:k].astype(np.int64))
-        symbols = [np.concatenate(x, 0) for x in syms]
-        tree = TreeSample(leaves=symbols[-1], symbols=symbols, rules=[np.concatenate(x, 0) for x in rls])
+                bad[start:stop] = ops.to_numpy(bd)[: stop - start]
+                trees.add(s, r, stop - start)
+        tree = trees.tree()
         self._report_bad(bad, "posterior sampling", tree)
         return tree
 
@@ -653,28 +647,41 @@ class BeliefPropagation:
     ) -> MapEstimate:
         """Max-product decoding: the most probable latent tree given the evidence."""
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
-        ops, L = self.ops, self.grammar.L
-        syms: list[list[np.ndarray]] = [[] for _ in range(L + 1)]
-        rls: list[list[np.ndarray]] = [[] for _ in range(L)]
+        ops = self.ops
         log_p = np.empty(batch)
         bad = np.zeros(batch, dtype=bool)
         fn = self._fn(f"map-{is_log}", lambda leaf, pr, inn: self._map_chunk(leaf, pr, inn, is_log))
         chunks = self._chunks(arr, prior_arr, internal, batch)
+        trees = _TreeCollector(ops, self.grammar.L)
         with self._context():
             for (start, stop), (s, r, lp, bd) in self._map_chunks(fn, chunks):
-                k = stop - start
-                log_p[start:stop] = ops.to_numpy(lp)[:k]
-                bad[start:stop] = ops.to_numpy(bd)[:k]
-                for lev in range(L + 1):
-                    syms[lev].append(ops.to_numpy(s[lev])[:k].astype(np.int64))
-                for lev in range(L):
-                    rls[lev].append(ops.to_numpy(r[lev])[:k].astype(np.int64))
-        symbols = [np.concatenate(x, 0) for x in syms]
-        tree = TreeSample(leaves=symbols[-1], symbols=symbols, rules=[np.concatenate(x, 0) for x in rls])
+                log_p[start:stop] = ops.to_numpy(lp)[: stop - start]
+                bad[start:stop] = ops.to_numpy(bd)[: stop - start]
+                trees.add(s, r, stop - start)
+        tree = trees.tree()
         log_p[bad] = -np.inf
         est = MapEstimate(tree=tree, log_prob=log_p)
         self._report_bad(bad, "MAP decoding", est)
         return est
+
+
+class _TreeCollector:
+    """Gathers per-chunk trees (backend arrays) into one numpy :class:`TreeSample`."""
+
+    def __init__(self, ops: ArrayOps, depth: int) -> None:
+        self.ops = ops
+        self.symbols: list[list[np.ndarray]] = [[] for _ in range(depth + 1)]
+        self.rules: list[list[np.ndarray]] = [[] for _ in range(depth)]
+
+    def add(self, symbols: list[Any], rules: list[Any], k: int) -> None:
+        """Append the first ``k`` items of a chunk (the rest is JAX padding)."""
+        for acc, x in zip(self.symbols + self.rules, list(symbols) + list(rules)):
+            acc.append(self.ops.to_numpy(x)[:k].astype(np.int64))
+
+    def tree(self) -> TreeSample:
+        symbols = [np.concatenate(x, 0) for x in self.symbols]
+        rules = [np.concatenate(x, 0) for x in self.rules]
+        return TreeSample(leaves=symbols[-1], symbols=symbols, rules=rules)
 
 
 def _is_native(x: Any) -> bool:
