@@ -16,6 +16,16 @@ _LAZY = {
     "brute_force_posterior": "hiergen.inference.bruteforce",
     "enumerate_trees": "hiergen.inference.bruteforce",
     "get_ops": "hiergen.inference.backends",
+    "run": "hiergen.inference.registry",
+    "register_backend": "hiergen.inference.registry",
+    "available_backends": "hiergen.inference.registry",
+    "compare_backends": "hiergen.inference.compare",
+    "save_comparison": "hiergen.inference.compare",
+    "PgmpyInference": "hiergen.inference.pgmpy_backend",
+    "NumPyroEnumeration": "hiergen.inference.numpyro_backend",
+    "NumPyroDiscreteSampler": "hiergen.inference.numpyro_backend",
+    "GibbsSampler": "hiergen.inference.numpyro_backend",
+    "MeanFieldVI": "hiergen.inference.numpyro_backend",
 }
 
 __all__ = sorted(_LAZY)

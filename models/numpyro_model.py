@@ -4,7 +4,7 @@ Sites, for a batch of ``B`` items (plate ``"batch"``) and tree level ``l``:
 
 - ``x_0`` — the class, ``Categorical(root_prior)``;
 - ``r_{l}`` — the rule chosen by every node of level ``l < L``,
-  ``Categorical(probs[l][x_l])``;
+  ``Categorical(probs[l][x_l])`` (no site when every symbol of level ``l`` has one rule);
 - ``x_{l+1}`` — the children, a *deterministic* categorical (all mass on
   ``children[l][x_l, r_l, j]``) so that every symbol is its own site and enumeration can
   eliminate the tree level by level;
@@ -57,8 +57,29 @@ def enumeration_size(grammar: Grammar, batch: int) -> int:
     return int(max(sizes))
 
 
+# NumPyro's enumeration handler allocates tensor dims -1 .. -24 (its MAX_DIM is -25)
+MAX_TENSOR_DIMS = 24
+
+
+def enumeration_dims(grammar: Grammar) -> int:
+    """Tensor dims enumeration needs: ``L + 1`` plates plus one per enumerated site
+    (the class, each level's children, each level's rule choice when it has several)."""
+    g = grammar
+    n_enum = 1 + g.L + sum(int(c.shape[1]) > 1 for c in g.children)
+    return g.L + 1 + n_enum
+
+
 def check_enumeration_size(grammar: Grammar, batch: int, max_elements: int) -> int:
-    """Raise SizeLimitError (naming the size) when enumeration would be too large."""
+    """Raise SizeLimitError (naming the size) when enumeration would be too large: too many
+    elements in one tensor, or more tensor dims than NumPyro's enumeration can allocate."""
+    dims = enumeration_dims(grammar)
+    if dims > MAX_TENSOR_DIMS:
+        raise SizeLimitError(
+            f"exact enumeration of this depth-{grammar.L} tree needs {dims} tensor dims "
+            f"({grammar.L + 1} plates + {dims - grammar.L - 1} enumerated sites) but NumPyro "
+            f"allocates at most {MAX_TENSOR_DIMS} (depth <= 7 with several rules per symbol); "
+            "use backend='bp'"
+        )
     size = enumeration_size(grammar, batch)
     if size > max_elements:
         raise SizeLimitError(
@@ -95,8 +116,9 @@ class GrammarModel:
         self.dtype = dtype
         g = grammar
         fdt = jnp.float64 if dtype == "float64" else jnp.float32
-        self.root_prior = jnp.asarray(g.root_prior, dtype=fdt)
-        self.probs = [jnp.asarray(p, dtype=fdt) for p in g.probs]
+        # log-probabilities with zeros (padding rules, excluded classes) as NEG, not -inf
+        self.root_logits = jnp.asarray(_safe_log(g.root_prior), dtype=fdt)
+        self.rule_logits = [jnp.asarray(_safe_log(p), dtype=fdt) for p in g.probs]
         # child logits (v_l, m_l, s_l, v_{l+1}): 0 on the produced symbol, NEG elsewhere
         self.child_logits = []
         for lev in range(g.L):
@@ -118,15 +140,19 @@ class GrammarModel:
         if log_lik is not None:
             batch = int(log_lik.shape[0])
         with numpyro.plate("batch", batch, dim=-(L + 1)):
-            x = numpyro.sample("x_0", dist.Categorical(probs=self.root_prior))
+            x = numpyro.sample("x_0", dist.Categorical(logits=self.root_logits))
             x = _expand_to(x, L + 1)
             if theta is not None:
                 numpyro.factor("theta_0", _gather(theta[0], x, 0, g))
             plates = []
             for lev in range(L):
                 plates.append(numpyro.plate(f"p{lev}", g.branching[lev], dim=-(L - lev)))
-                with _nested(plates[:-1]):
-                    r = numpyro.sample(f"r_{lev}", dist.Categorical(probs=self.probs[lev][x]))
+                if self.rule_logits[lev].shape[1] == 1:  # one rule per symbol: no choice to make
+                    # (a size-1 enumerated site trips infer_discrete's funsor adjoint)
+                    r = jnp.zeros_like(x)
+                else:
+                    with _nested(plates[:-1]):
+                        r = numpyro.sample(f"r_{lev}", dist.Categorical(logits=self.rule_logits[lev][x]))
                 with _nested(plates):
                     logits = self.child_logits[lev][x, r]  # (..., [l plates], 1.., s_l, v)
                     logits = jnp.moveaxis(logits, -2, -(L - lev) - 2)
@@ -146,6 +172,12 @@ class GrammarModel:
         lead = arr.shape[: arr.ndim - (g.L + 1)]
         b = arr.shape[arr.ndim - (g.L + 1)]
         return arr.reshape(lead + (b, g.n_nodes(level))).astype(np.int64)
+
+
+def _safe_log(p: np.ndarray) -> np.ndarray:
+    """``log p`` with :data:`NEG` for zeros."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.where(p > 0, np.log(np.where(p > 0, p, 1.0)), NEG)
 
 
 def _expand_to(x: Any, ndim: int) -> Any:
@@ -194,6 +226,7 @@ __all__ = [
     "NEG",
     "enumeration_size",
     "check_enumeration_size",
+    "enumeration_dims",
     "first_enum_dim",
     "safe_log_lik",
 ]
