@@ -483,13 +483,20 @@ class BeliefPropagation:
                 [None if e is None else ops.transpose(ops.asarray(e), (2, 0, 1)) for e in inn],
             )
 
-    def _map_chunks(self, fn: Any, chunks: Any) -> Any:
-        """Apply ``fn(leaf, prior, internal)`` to every chunk, yielding ``((start, stop), out)``
-        in order. numpy runs chunks on a small thread pool (its kernels release the GIL);
-        JAX and torch parallelise inside their own kernels."""
+    def _map_chunks(self, fn: Any, chunks: Any, pass_start: bool = False) -> Any:
+        """Apply ``fn(leaf, prior, internal)`` (``fn(start, leaf, ...)`` with ``pass_start``)
+        to every chunk, yielding ``((start, stop), out)`` in order. numpy runs chunks on a
+        small thread pool (its kernels release the GIL); JAX and torch parallelise inside
+        their own kernels."""
+        if pass_start:
+            call = fn
+        else:
+            def call(start: int, leaf: Any, pr: Any, inn: Any) -> Any:
+                return fn(leaf, pr, inn)
+
         if self.ops.name != "numpy" or self.threads <= 1:
             for start, stop, leaf, pr, inn in chunks:
-                yield (start, stop), fn(leaf, pr, inn)
+                yield (start, stop), call(start, leaf, pr, inn)
             return
         from concurrent.futures import ThreadPoolExecutor
 
@@ -498,7 +505,7 @@ class BeliefPropagation:
         def work(item: Any) -> Any:
             start, stop, leaf, pr, inn = item
             with self._context():
-                return (start, stop), fn(leaf, pr, inn)
+                return (start, stop), call(start, leaf, pr, inn)
 
         # one BLAS thread per worker: the workers already use every core
         with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(self.threads) as pool:
@@ -628,9 +635,27 @@ class BeliefPropagation:
             lambda leaf, pr, inn, key: self._sample_chunk(leaf, pr, inn, is_log, key),
         )
         trees = _TreeCollector(ops, self.grammar.L)
+        chunks = self._chunks(arr, prior_arr, internal, batch)
+        if ops.name == "numpy":
+            # one independent child generator per chunk, so chunks can run on the thread
+            # pool and the draws do not depend on how many threads ran them
+            keys = rng.spawn(-(-batch // self.batch_chunk))
+            results = self._map_chunks(
+                lambda start, leaf, pr, inn: fn(leaf, pr, inn, keys[start // self.batch_chunk]),
+                chunks,
+                pass_start=True,
+            )
+        else:
+            def sequential() -> Any:
+                nonlocal rng
+                for start, stop, leaf, pr, inn in chunks:
+                    out = fn(leaf, pr, inn, rng)
+                    rng = out[3]
+                    yield (start, stop), out
+
+            results = sequential()
         with self._context():
-            for start, stop, leaf, pr, inn in self._chunks(arr, prior_arr, internal, batch):
-                s, r, bd, rng = fn(leaf, pr, inn, rng)
+            for (start, stop), (s, r, bd, _) in results:
                 bad[start:stop] = ops.to_numpy(bd)[: stop - start]
                 trees.add(s, r, stop - start)
         tree = trees.tree()

@@ -219,3 +219,13 @@ def test_bad_input_errors():
         BeliefPropagation(g, batch_chunk=0)
     with pytest.raises(ValueError):  # hiergen errors are ValueErrors
         bp.run(np.ones((4, 4, 4, 4)))
+
+
+def test_numpy_sampling_does_not_depend_on_thread_count():
+    g = RHM(v=6, n_classes=3, m=3, s=2, L=3, seed=0)
+    x = g.sample(50, seed=0)
+    ev = UniformCorruption(6).evidence(x.leaves, 0.5)
+    a = BeliefPropagation(g, batch_chunk=7, threads=1).sample(ev, seed=3)
+    b = BeliefPropagation(g, batch_chunk=7, threads=3).sample(ev, seed=3)
+    for sa, sb in zip(a.symbols, b.symbols):
+        np.testing.assert_array_equal(sa, sb)
