@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "NetCDF data to --out and prints a summary. Rerunning resumes an interrupted run."
         ),
     )
-    p.add_argument("--out", type=Path, default=Path("hiergen-demo"), help="output folder (default ./hiergen-demo)")
+    p.add_argument("--out", type=Path, default=Path("hiergen-out/demo"), help="output folder (default ./hiergen-out/demo)")
     p.add_argument("--quick", action="store_true", help="a tiny run for a smoke test")
     p.add_argument("--seed", type=int, default=0, help="RHM and sampling seed (default 0)")
     p.add_argument("--backend", default="numpy", help="BP backend: numpy (default), torch, jax")
