@@ -35,8 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from hiergen.commands.forward_backward import parse_times
     from hiergen.experiments.analysis import summarize
-    from hiergen.experiments.forward_backward import RESULT_FILE, sweep_forward_backward
     from hiergen.experiments.plots import save_figures
+    from hiergen.experiments.sweeps import RESULT_FILE, sweep_forward_backward
 
     ds = sweep_forward_backward(
         {"v": args.v, "n_classes": args.n_classes, "m": args.m, "s": args.s},

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import xarray as xr
 
+# the module (the package attribute of the same name is the function)
+import hiergen.experiments.sweeps as fbmod
 from hiergen import RHM, BeliefPropagation
 from hiergen.experiments.analysis import inversion_time, transition, transitions, trees_generable
-from hiergen.experiments.forward_backward import forward_backward, sweep_forward_backward
+from hiergen.experiments.sweeps import forward_backward, sweep_forward_backward
 from hiergen.models.errors import ConfigError, EvidenceError, GrammarError
 from hiergen.models.noise import GaussianDiffusion, UniformCorruption
-
-# the module (the package attribute of the same name is the function)
-fbmod = importlib.import_module("hiergen.experiments.forward_backward")
 
 SMALL = {"v": 8, "n_classes": 4, "m": 2, "s": 2}
 # v = n_classes = 16, m = 4, s = 2: s * f = 0.5 < 1, a class transition near t = 150

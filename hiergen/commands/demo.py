@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from hiergen.experiments.analysis import summarize
-    from hiergen.experiments.forward_backward import sweep_forward_backward
     from hiergen.experiments.plots import save_figures
+    from hiergen.experiments.sweeps import sweep_forward_backward
 
     cfg = QUICK if args.quick else DEFAULT
     out = Path(args.out) / ("quick" if args.quick else "default")

@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hiergen.experiments.analysis import summarize
-    from hiergen.experiments.forward_backward import (
+    from hiergen.experiments.sweeps import (
         RESULT_FILE,
         default_times,
         sweep_forward_backward,

@@ -11,11 +11,11 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "forward_backward": "hiergen.experiments.forward_backward",
-    "sweep_forward_backward": "hiergen.experiments.forward_backward",
-    "forward_backward_point": "hiergen.experiments.forward_backward",
-    "default_times": "hiergen.experiments.forward_backward",
-    "draw_data": "hiergen.experiments.forward_backward",
+    "forward_backward": "hiergen.experiments.sweeps",
+    "sweep_forward_backward": "hiergen.experiments.sweeps",
+    "forward_backward_point": "hiergen.experiments.sweeps",
+    "default_times": "hiergen.experiments.sweeps",
+    "draw_data": "hiergen.experiments.sweeps",
     "transition": "hiergen.experiments.analysis",
     "transitions": "hiergen.experiments.analysis",
     "Transition": "hiergen.experiments.analysis",

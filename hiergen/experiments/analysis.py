@@ -115,7 +115,7 @@ def class_limits(n_classes: int, root_prior: Any | None = None) -> dict[str, tup
 def transitions(ds: xr.Dataset, var: str = "class_change") -> xr.Dataset:
     """Transition of ``ds[var]`` per depth (seeds averaged first) for a sweep dataset.
 
-    ``ds``: output of :func:`~hiergen.experiments.forward_backward.sweep_forward_backward`
+    ``ds``: output of :func:`~hiergen.experiments.sweeps.sweep_forward_backward`
     (dims ``L, seed, time``) or of ``forward_backward`` (dim ``time``).
     ``var``: ``"class_change"`` or ``"p_correct_class"``.
     Returns a Dataset over ``L`` with ``t_star``, ``slope``, ``width``.
@@ -191,7 +191,7 @@ def trees_generable(grammar: Grammar, tree: TreeSample) -> np.ndarray:
 def summarize(ds: xr.Dataset, figures: dict[str, Any] | None = None, data: Any = None) -> str:
     """A plain-language summary of a forward–backward sweep (what ran, the transition time
     and its sharpness per depth, the inversion of levels, where figures and data are)."""
-    from hiergen.experiments.forward_backward import TIME_MEANING
+    from hiergen.experiments.sweeps import TIME_MEANING
 
     sweep = ds if "L" in ds.dims else ds.expand_dims(L=[int(ds.attrs["L"])])
     noise = str(ds.attrs.get("noise", "gaussian"))

@@ -273,7 +273,7 @@ def cnn_probe(
 
     For each noise level ``t`` in ``times``: ``n_samples`` fresh data ``x0`` (the same at every
     ``t``), their evidence at level ``t`` and one exact BP posterior sample ``x0_hat`` each
-    (seeded as in :func:`~hiergen.experiments.forward_backward.forward_backward`).
+    (seeded as in :func:`~hiergen.experiments.sweeps.forward_backward`).
     ``whiten`` (default, as in the paper's image protocol): standardise every channel of every
     layer (and every logit) with its mean and standard deviation over the clean data before
     the cosine similarity, so unrelated inputs score about 0 instead of the positive overlap
@@ -288,7 +288,7 @@ def cnn_probe(
     torch = _torch()
     from tqdm.auto import tqdm
 
-    from hiergen.experiments.forward_backward import (
+    from hiergen.experiments.sweeps import (
         _check_noise,
         _check_times,
         draw_data,

@@ -1,6 +1,6 @@
 """Figures of forward–backward experiments (matplotlib, no pyplot: safe in scripts and servers).
 
-Every function takes a dataset of :func:`~hiergen.experiments.forward_backward.sweep_forward_backward`
+Every function takes a dataset of :func:`~hiergen.experiments.sweeps.sweep_forward_backward`
 (dims ``L, seed, time, level``; seeds are averaged) or of ``forward_backward`` (dims
 ``time, level``) and returns a :class:`matplotlib.figure.Figure`;
 :func:`save_figures` writes the standard set as PNG files.
