@@ -127,6 +127,7 @@ class BeliefPropagation:
     grammar : the grammar (any branching, alphabets, rule probabilities, ambiguity).
     backend : ``"numpy"`` (reference), ``"jax"`` (jit; CPU/GPU) or ``"torch"`` (CPU/CUDA).
     dtype : ``"float32"`` or ``"float64"`` (default float64 for numpy, float32 otherwise).
+        float64 with JAX switches on ``jax_enable_x64`` for the whole process.
     device : backend device, e.g. ``"cuda"`` / ``"cuda:1"`` for torch, ``"gpu"`` for JAX.
     batch_chunk : samples per chunk (bounds temporary memory); default: automatic.
     on_inconsistent : ``"raise"`` (default) raises :class:`InconsistentEvidenceError` naming
