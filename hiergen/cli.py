@@ -18,9 +18,36 @@ from hiergen import __version__
 from hiergen.models.errors import HiergenError
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option whose help
+    does not state its default already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+            or action.nargs == 0
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser class of ``hiergen`` and every sub-command (they inherit the formatter)."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with every sub-command module found in :mod:`hiergen.commands`."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hiergen",
         description="Hierarchical generative grammars and exact inference on them.",
     )

@@ -426,15 +426,19 @@ class GibbsSampler:
 
 
 def _diagnostics(classes: np.ndarray, log_joint: np.ndarray, n_classes: int) -> tuple[Any, dict[str, Any]]:
-    """arviz InferenceData of the class and log-joint traces ``(chain, draw, item)``, with
+    """arviz data (``InferenceData`` with arviz 0.x, ``xarray.DataTree`` with 1.x) of the class
+    and log-joint traces ``(chain, draw, item)``, with
     R-hat and bulk ESS of the log-joint and of the class indicators (worst class per item)."""
     import arviz as az
 
     onehot = np.eye(n_classes)[classes]  # (C, N, B, K)
-    idata = az.from_dict(
-        posterior={"class": classes, "log_joint": log_joint, "class_indicator": onehot},
-        dims={"class": ["item"], "log_joint": ["item"], "class_indicator": ["item", "class_value"]},
-    )
+    posterior = {"class": classes, "log_joint": log_joint, "class_indicator": onehot}
+    dims = {"class": ["item"], "log_joint": ["item"], "class_indicator": ["item", "class_value"]}
+    if int(az.__version__.split(".")[0]) >= 1:
+        # arviz 1.x: a dict of groups in, an xarray DataTree out (rhat/ess accept it)
+        idata = az.from_dict({"posterior": posterior}, dims=dims)
+    else:  # arviz 0.x: the posterior group as a keyword, an InferenceData out
+        idata = az.from_dict(posterior=posterior, dims=dims)
     rhat = az.rhat(idata, var_names=["log_joint", "class_indicator"])
     ess = az.ess(idata, var_names=["log_joint", "class_indicator"], method="bulk")
     r_ind = np.asarray(rhat["class_indicator"])  # (B, K); NaN for constant indicators
