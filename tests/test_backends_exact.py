@@ -44,7 +44,11 @@ def _assert_close(post, ref, g, atol=1e-8, log_evidence=True):
         np.testing.assert_allclose(post.log_evidence, ref.log_evidence, rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("name", sorted(GRAMMARS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow) if n == "ambiguous-nonuniform-L4" else n
+     for n in sorted(GRAMMARS)],
+)
 def test_exact_backends_match_brute_force(name):
     g = GRAMMARS[name]()
     lik = _likelihood(g, 3, seed=5)

@@ -32,6 +32,7 @@ def _assert_within(post, ref, n_eff):
         assert np.all(np.abs(est - exact) <= tol), np.abs(est - exact).max()
 
 
+@pytest.mark.slow
 def test_infer_discrete_samples_match_bp_marginals():
     g = random_grammar((2, 3, 3, 2), (2, 2, 2), 2, seed=3)  # ambiguous, non-uniform, depth 3
     lik = _soft_likelihood(g, 2, seed=1, power=3)
@@ -75,6 +76,7 @@ def test_gibbs_is_seeded():
         run(g, lik, "mcmc", num_chains=0)
 
 
+@pytest.mark.slow
 def test_prior_predictive_matches_grammar_sample():
     import jax
     from numpyro.infer import Predictive

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -33,6 +34,7 @@ def test_compare_backends_example(tmp_path):
     assert (tmp_path / "marginal_errors.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_mcmc_mixing_example(tmp_path):
     import xarray as xr
 

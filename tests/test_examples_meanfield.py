@@ -21,6 +21,7 @@ def _load(name: str):
     return module
 
 
+@pytest.mark.slow
 def test_meanfield_vs_bp_example(tmp_path, capsys):
     ex = _load("meanfield_vs_bp")
     argv = ["--out", str(tmp_path), "--depths", "2", "3", "--eps", "0.2,0.6,0.8,0.9",

@@ -219,6 +219,7 @@ def test_eps_of_time_monotone_and_limits():
     assert pred.time.tolist() == [100.0, 200.0]
 
 
+@pytest.mark.slow
 def test_critical_time_matches_gaussian_bp_crossing():
     """Gaussian diffusion, v=16, m=4, s=2: BP root curves of L = 2 and 4 cross at t = 148
     (measured; 141..156 over depth pairs 2..5); the geometric-mean mapping predicts t* = 152.6
@@ -262,6 +263,7 @@ def test_bad_inputs():
 
 
 # ---------------------------------------------------------------------------- CLI
+@pytest.mark.slow
 def test_cli(capsys):
     from hiergen.cli import main
 
