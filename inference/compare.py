@@ -32,6 +32,7 @@ def compare_backends(
     log: bool | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     reference: Any = None,
+    progress: bool = True,
 ) -> Any:
     """Compare backends on one question; returns a ``pandas.DataFrame`` (one row each).
 
@@ -42,6 +43,7 @@ def compare_backends(
     truth : optional ``(B,)`` true classes (or a ``TreeSample``, whose labels are used).
     options : per-backend constructor options, e.g. ``{"mcmc": {"num_samples": 2000}}``.
     reference : optional precomputed exact BP :class:`Posterior` (else BP is run).
+    progress : show which backend is running and how long each took (standard error).
 
     Columns: ``backend, kind, seconds, max_abs_dmarginal, dmarginal_level_{l}`` (one per
     level), ``abs_dlog_evidence`` (max over items; NaN where none), ``class_accuracy``,
@@ -65,7 +67,11 @@ def compare_backends(
         raise BackendError(f"truth must have shape ({ref.batch_size},), got {target.shape}")
     bp_acc = float((ref.class_probs.argmax(-1) == target).mean())
     rows = []
-    for name in backends:
+    from hiergen._progress import progress_bar
+
+    bar = progress_bar(backends, enabled=progress, desc="backends", unit="backend")
+    for name in bar:
+        bar.set_postfix_str(f"running {name}")
         row: dict[str, Any] = {"backend": name, "kind": backend_kind(name), "target": target_name,
                                "n_items": ref.batch_size, "bp_class_accuracy": bp_acc, "error": ""}
         try:
@@ -93,6 +99,7 @@ def compare_backends(
                 r = np.asarray(post.extra["rhat_class"], dtype=float)
                 row["rhat_class_max"] = float(np.nanmax(r)) if np.isfinite(r).any() else np.nan
         rows.append(row)
+    bar.close()
     df = pd.DataFrame(rows)
     first = ["backend", "kind", "seconds", "max_abs_dmarginal", "abs_dlog_evidence",
              "class_accuracy", "bp_class_accuracy", "target", "n_items"]
