@@ -481,7 +481,10 @@ def forward_backward(
     seed : seeds the data, the noise and the posterior samples.
     backend, dtype, device : BP backend (``"numpy"``, ``"torch"``, ``"jax"``).
     out : folder; when given, each finished time point is saved there at once, a rerun
-        resumes, and the result is also written to ``out/forward_backward.nc``.
+        resumes, and the result is also written to ``out/forward_backward.nc``. Several
+        processes may share the folder (they split the points, see
+        :mod:`hiergen.experiments.store`); other settings (including backend and dtype)
+        are refused with a :class:`ConfigError`.
     progress : show a tqdm progress bar.
 
     Returns
@@ -555,8 +558,10 @@ def sweep_forward_backward(
 
     With ``out`` (a folder), every finished point ``(L, seed, time)`` is saved at once under
     ``out/points/``; a killed sweep rerun with the same arguments skips the finished points
-    (more depths or seeds can be added later; other times, noise, sizes are refused), and
-    the assembled dataset is written to ``out/forward_backward.nc``.
+    (more depths or seeds can be added later; other times, noise, sizes, backend, dtype,
+    device kind or hiergen version are refused), and the assembled dataset is written to
+    ``out/forward_backward.nc``. Processes sharing ``out`` claim points with inter-process
+    locks, so each point is computed once and the result file is the same as one clean run's.
 
     Returns
     -------
