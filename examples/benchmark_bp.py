@@ -29,13 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from hiergen._files import atomic_write
     from hiergen.bench import bench_bp, format_table, results_json
 
     results = bench_bp(args.backends, args.depths, batch=args.batch, repeats=args.repeats,
                        device=args.device)
     print(format_table(results))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_bp.json").write_text(results_json(results))
+    atomic_write(args.out / "bench_bp.json", results_json(results))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / len(args.backends)
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ax.legend()
     ax.set_title(f"exact BP, RHM v=32 m=8 s=2, batch {args.batch}")
     fig.tight_layout()
-    fig.savefig(args.out / "bench_bp.png", dpi=120)
+    atomic_write(args.out / "bench_bp.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print(json.dumps({"figure": str(args.out / "bench_bp.png")}))
     return 0
 

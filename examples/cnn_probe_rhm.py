@@ -85,9 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds = cnn_probe(model, grammar, times, n_samples=args.n_samples, noise=args.noise,
                    seed=args.seed + 1, device=args.device, progress=not args.no_progress)
     ds.attrs["cnn_info"] = json.dumps(info)
-    args.out.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(args.out / "cnn_probe.nc", engine="h5netcdf")
-    plot_probe(ds).savefig(args.out / "cnn_probe.png", dpi=120)
+    from hiergen._files import atomic_write
+
+    atomic_write(args.out / "cnn_probe.nc", lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+    fig = plot_probe(ds)
+    atomic_write(args.out / "cnn_probe.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     print(f"figure: {args.out / 'cnn_probe.png'}\ndata: {args.out / 'cnn_probe.nc'}")
     return 0
 

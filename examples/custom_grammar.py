@@ -88,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{row['level']:>5} {row['symbol']:<8} {row['rule']:<14} {row['declared']:>8.3f} "
               f"{row['empirical']:>9.3f} {row['count']:>6}")
 
-    args.out.mkdir(parents=True, exist_ok=True)
+    from hiergen._files import atomic_write
+
     grammar.save(args.out / "grammar.yaml")
-    (args.out / "samples.json").write_text(json.dumps({
+    atomic_write(args.out / "samples.json", json.dumps({
         "seed": args.seed,
         "symbol_names": names,
         "leaves": tree.leaves.tolist(),

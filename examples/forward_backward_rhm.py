@@ -51,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     figures = save_figures(ds, args.out)
     text = summarize(ds, figures, args.out / RESULT_FILE)
-    (args.out / "summary.txt").write_text(text + "\n")
+    from hiergen._files import atomic_write
+
+    atomic_write(args.out / "summary.txt", text + "\n")
     print(text)
     return 0
 

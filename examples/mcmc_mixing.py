@@ -78,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                "chains": args.chains, "samples": args.samples, "warmup": args.warmup,
                "seed": args.seed, "sf": args.s * rhm.f},
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(args.out / "mcmc_mixing.nc", engine="h5netcdf")
+    from hiergen._files import atomic_write
+
+    atomic_write(args.out / "mcmc_mixing.nc", lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     med = ds.median("item", skipna=True)
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ax.set_xlabel("corruption eps")
     fig.suptitle(f"Gibbs mixing, RHM v={args.v} m={args.m} s={args.s} L={args.L}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(args.out / "mcmc_mixing.png", dpi=120)
+    atomic_write(args.out / "mcmc_mixing.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     print(ds[["p_true_bp", "p_true_gibbs", "rhat_class", "ess_class"]].median("item").to_dataframe())
     print(f"wrote {args.out / 'mcmc_mixing.nc'} and {args.out / 'mcmc_mixing.png'}")

@@ -124,7 +124,9 @@ def plot(ds: Any, path: Path) -> Path:
            title="(c) Gaussian diffusion: theory at eps(t) vs BP")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from hiergen._files import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
 
@@ -146,9 +148,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     ds = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from hiergen._files import atomic_write
+
     nc_path = args.out / "meanfield_vs_bp.nc"
-    ds.to_netcdf(nc_path, engine="h5netcdf")
+    atomic_write(nc_path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     png = plot(ds, args.out / "meanfield_vs_bp.png")
     err = np.abs(ds.th_marginal - ds.bp_marginal)
     err_t = np.abs(ds.th_marginal_t - ds.bp_marginal_t)

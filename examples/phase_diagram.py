@@ -157,7 +157,9 @@ def plot(ds: Any, path: Path) -> Path:
     ax.set(xlabel="f = m / v^(s-1)", ylabel="eps*", ylim=(0, 1.02), title="(b) critical noise")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from hiergen._files import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path
 
@@ -184,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--mmax is required for s > 2")
 
     ds = run(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from hiergen._files import atomic_write
+
     nc_path = args.out / "phase_diagram.nc"
-    ds.to_netcdf(nc_path, engine="h5netcdf")
+    atomic_write(nc_path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     png = plot(ds, args.out / "phase_diagram.png")
     print(f"{'v':>4} {'m':>4} {'f':>6} {'regime':>19} {'eps* theory':>12} {'eps* BP':>8}  BP")
     from hiergen.inference import meanfield as mf

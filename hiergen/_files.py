@@ -113,3 +113,53 @@ def file_lock(path: str | os.PathLike[str], timeout: float = -1) -> Iterator[Non
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def try_file_lock(path: str | os.PathLike[str]) -> Iterator[bool]:
+    """Try the inter-process lock on ``path`` without waiting.
+
+    Yields ``True`` while this process holds the lock (released at the end of the ``with``
+    block), ``False`` when another process holds it. Like :func:`file_lock`, the lock is an
+    OS lock on an open file (``flock``): it goes away with its holder, even after
+    ``kill -9``.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_path = Path(path)
+    _writable_folder(lock_path)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        yield False
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot lock {lock_path}: {exc.strerror or exc}") from exc
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def ensure_dir(path: str | os.PathLike[str]) -> Path:
+    """Create the folder ``path`` (with its parents) unless it exists; returns it.
+
+    Raises :class:`ConfigError` naming the path when it, or one of its parents, is an
+    existing file, or when the folder cannot be created (permissions, read-only disk).
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} exists and is not a folder")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"cannot create folder {folder}: {parent} is a file, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create folder {folder}: {exc.strerror or exc}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write in folder {folder}: permission denied")
+    return folder

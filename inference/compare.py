@@ -122,13 +122,14 @@ def format_comparison(df: Any) -> str:
 def save_comparison(df: Any, out_dir: str | Path, name: str = "comparison",
                     meta: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write ``<name>.csv`` and ``<name>.json`` (records plus ``meta``) under ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from hiergen._files import atomic_write, ensure_dir
+
+    out = ensure_dir(out_dir)
     csv = out / f"{name}.csv"
     js = out / f"{name}.json"
-    df.to_csv(csv, index=False)
+    atomic_write(csv, df.to_csv(index=False))
     records = json.loads(df.to_json(orient="records"))
-    js.write_text(json.dumps({"meta": dict(meta or {}), "rows": records}, indent=2))
+    atomic_write(js, json.dumps({"meta": dict(meta or {}), "rows": records}, indent=2))
     return {"csv": csv, "json": js}
 
 

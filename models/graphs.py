@@ -223,9 +223,11 @@ def draw_tree(
             title += f"; symbols of sample {index}"
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    from hiergen._files import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

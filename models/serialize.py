@@ -190,9 +190,9 @@ def save_grammar(grammar: Grammar, path: str | Path) -> Path:
         raise ConfigError(
             f"{path}: unknown grammar file type {suffix!r} (use .json, .yaml, .yml, .txt or .grammar)"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    from hiergen._files import atomic_write
+
+    return atomic_write(path, text)
 
 
 def load_grammar(path: str | Path) -> Grammar:

@@ -41,6 +41,7 @@ def run_bp(args: argparse.Namespace) -> int:
     text = results_json(results)
     print(text)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
+        from hiergen._files import atomic_write
+
+        atomic_write(args.json, text)
     return 0

@@ -30,6 +30,10 @@ def run_compare(args: argparse.Namespace) -> int:
     from hiergen.models.noise import UniformCorruption
     from hiergen.models.rhm import RHM
 
+    if args.out is not None:  # a bad output folder fails before the comparison runs
+        from hiergen._files import ensure_dir
+
+        ensure_dir(args.out)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in available_backends()]
     if unknown:

@@ -67,11 +67,14 @@ def _fmt(symbols: Any, level: int, names: list[list[str]] | None) -> str:
 def run_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from hiergen._files import atomic_path, atomic_write, ensure_dir
     from hiergen.models.errors import ConfigError
     from hiergen.models.serialize import grammar_to_dict, save_grammar
 
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
+    if args.out is not None:  # a bad output folder fails before any work
+        ensure_dir(args.out)
     grammar = _load(args)
     seed = args.seed if args.sample_seed is None else args.sample_seed
     tree = grammar.sample(args.n, seed=seed, classes=args.cls)
@@ -84,8 +87,7 @@ def run_sample(args: argparse.Namespace) -> int:
         print(f"... ({args.n - args.show} more)")
     if args.out is None:
         return 0
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out: Path = ensure_dir(args.out)
     written = [save_grammar(grammar, out / "grammar.json")]
     if args.format == "json":
         data = {
@@ -97,13 +99,15 @@ def run_sample(args: argparse.Namespace) -> int:
             "rules": [x.tolist() for x in tree.rules],
         }
         path = out / "samples.json"
-        path.write_text(json.dumps(data))
+        atomic_write(path, json.dumps(data))
     else:
         path = out / "samples.npz"
         arrays = {"leaves": tree.leaves, "labels": tree.labels, "seed": np.int64(seed)}
         arrays.update({f"symbols_{lev}": x for lev, x in enumerate(tree.symbols)})
         arrays.update({f"rules_{lev}": x for lev, x in enumerate(tree.rules)})
-        np.savez_compressed(path, **arrays)
+        # a file object: given a name, numpy would append ".npz" to the temporary name
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
     written.append(path)
     if not args.no_draw:
         from hiergen.models.graphs import draw_tree

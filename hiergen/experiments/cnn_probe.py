@@ -215,11 +215,12 @@ def save_checkpoint(model: Any, folder: str | Path, info: dict[str, Any] | None 
     ``info``). Returns the folder."""
     from safetensors.torch import save_file
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    from hiergen._files import atomic_write, ensure_dir
+
+    folder = ensure_dir(folder)
     state = {k: t.detach().cpu().contiguous() for k, t in model.state_dict().items()}
-    save_file(state, str(folder / _WEIGHTS))
-    (folder / _CONFIG).write_text(json.dumps({"model": model.config, "info": info or {}}, indent=1))
+    atomic_write(folder / _WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(folder / _CONFIG, json.dumps({"model": model.config, "info": info or {}}, indent=1))
     return folder
 
 

@@ -199,8 +199,9 @@ def plot_fig5(ds: xr.Dataset, L: int | None = None) -> Any:
 
 def save_figures(ds: xr.Dataset, out: str | Path, prefix: str = "") -> dict[str, Path]:
     """Write the standard figures as PNG into ``out``; returns ``{name: path}``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from hiergen._files import atomic_path, ensure_dir
+
+    out = ensure_dir(out)
     figs = {
         "fig5_levels": plot_fig5(ds),
         "class_vs_depth": plot_class_vs_depth(ds),
@@ -211,6 +212,7 @@ def save_figures(ds: xr.Dataset, out: str | Path, prefix: str = "") -> dict[str,
     paths = {}
     for name, fig in figs.items():
         path = out / f"{prefix}{name}.png"
-        fig.savefig(path, dpi=120)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
         paths[name] = path
     return paths

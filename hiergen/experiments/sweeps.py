@@ -198,7 +198,7 @@ def forward_backward_point(
     return out
 
 
-def _point_dataset(stats: Mapping[str, np.ndarray], t: float, seconds: float) -> xr.Dataset:
+def _point_dataset(stats: Mapping[str, np.ndarray], t: float, seconds: float, noise: str) -> xr.Dataset:
     n_levels = len(next(iter(stats.values())))
     ds = xr.Dataset(
         {k: ("level", np.asarray(v, dtype=np.float64)) for k, v in stats.items()},
@@ -206,7 +206,7 @@ def _point_dataset(stats: Mapping[str, np.ndarray], t: float, seconds: float) ->
     )
     ds.attrs["time"] = float(t)
     ds.attrs["seconds"] = float(seconds)
-    return ds
+    return _cf_attrs(ds, noise)
 
 
 # ---------------------------------------------------------------------------- sweeps
@@ -219,6 +219,90 @@ class _Task:
     @property
     def key(self) -> str:
         return f"L{self.L:02d}_seed{self.seed}_t{self.ti:04d}"
+
+
+def bp_settings(grammar: Grammar, backend: str, dtype: str | None, device: str | None) -> dict[str, str]:
+    """The BP settings that change the numbers, as resolved by
+    :class:`~hiergen.inference.bp.BeliefPropagation` (defaults filled in): ``backend``,
+    ``dtype`` (``"float32"``/``"float64"``) and ``device_kind`` (``"cpu"``, ``"cuda"``, ...)."""
+    from hiergen.inference.bp import BeliefPropagation
+
+    ops = BeliefPropagation(grammar, backend=backend, dtype=dtype, device=device).ops
+    name = str(ops.device_name).lower()
+    kind = "cpu" if name.startswith(("cpu", "tfrt_cpu")) else name.split(":")[0]
+    return {
+        "backend": str(ops.name),
+        "dtype": np.dtype(str(ops.dtype).replace("torch.", "")).name,
+        "device_kind": kind,
+    }
+
+
+def _store_config(kind: str, model: Mapping[str, Any], noise: str, times: np.ndarray,
+                  n_samples: int, settings: Mapping[str, str]) -> dict[str, Any]:
+    """Everything that changes the numbers of a point (recorded in ``config.json``)."""
+    from hiergen import __version__
+
+    return {"kind": kind, **model, "noise": noise, "times": times.tolist(), "n_samples": n_samples,
+            "block": BLOCK, **settings, "hiergen_version": __version__}
+
+
+class _Runner:
+    """Computes, or loads from the store, the points of a sweep (see :func:`_run_tasks`)."""
+
+    def __init__(self, times: np.ndarray, make_grammar: Callable[[int, int], Grammar], *,
+                 n_samples: int, noise: str, backend: str, dtype: str | None,
+                 device: str | None, store: Any) -> None:
+        self.times, self.make_grammar, self.store = times, make_grammar, store
+        self.n_samples, self.noise = n_samples, noise
+        self.bp_kw = {"backend": backend, "dtype": dtype, "device": device}
+        self.current: tuple[int, int] | None = None
+        self.fingerprints: dict[tuple[int, int], str] = {}
+        self.results: dict[_Task, xr.Dataset] = {}
+        self.info = {"points_reused": 0, "points_computed": 0, "seconds_computed": 0.0}
+
+    def fingerprint(self, task: _Task) -> str:
+        key = (task.L, task.seed)
+        if key not in self.fingerprints:
+            self.fingerprints[key] = _fingerprint(self.make_grammar(task.L, task.seed))
+        return self.fingerprints[key]
+
+    def load(self, task: _Task) -> None:
+        self.results[task] = self.store.load(task.key, expect={"grammar": self.fingerprint(task)})
+        self.info["points_reused"] += 1
+
+    def compute(self, task: _Task) -> None:
+        from hiergen.inference.bp import BeliefPropagation
+
+        if self.current != (task.L, task.seed):
+            grammar = self.make_grammar(task.L, task.seed)
+            self.bp = BeliefPropagation(grammar, **self.bp_kw)
+            self.proc = make_noise(self.noise, grammar.vocab_sizes[-1])
+            self.data = draw_data(grammar, self.n_samples, task.seed)
+            self.current = (task.L, task.seed)
+        t = float(self.times[task.ti])
+        t0 = _time.perf_counter()
+        # looked up at call time, so tests can wrap it
+        stats = forward_backward_point(self.bp, self.proc, self.data, t, seed=task.seed, ti=task.ti)
+        dt = _time.perf_counter() - t0
+        ds = _point_dataset(stats, t, dt, self.noise)
+        ds.attrs["grammar"] = self.fingerprint(task)
+        if self.store is not None:
+            self.store.save(task.key, ds)
+        self.results[task] = ds
+        self.info["points_computed"] += 1
+        self.info["seconds_computed"] += dt
+
+    def claim_and_run(self, task: _Task, wait: bool) -> bool:
+        """Compute ``task`` under its claim, or load it when another process finished it
+        meanwhile; ``False`` when another live process holds the claim (``wait=False``)."""
+        with self.store.claim(task.key, wait=wait) as mine:
+            if not mine:
+                return False
+            if self.store.has(task.key):
+                self.load(task)
+            else:
+                self.compute(task)
+        return True
 
 
 def _run_tasks(
@@ -235,53 +319,50 @@ def _run_tasks(
     progress: bool,
     desc: str,
 ) -> tuple[dict[_Task, xr.Dataset], dict[str, Any]]:
-    """Compute (or load) every task; save each at once when ``store`` is given."""
+    """Compute (or load) every task; save each at once when ``store`` is given.
+
+    With a store, finished points are loaded; the others are claimed one by one (an
+    inter-process lock per point) and computed, so that processes sharing the folder split
+    the work. Points claimed by another process are done last: waiting for that process,
+    then loading its result (or computing the point if that process died).
+    """
     from tqdm.auto import tqdm
 
-    from hiergen.inference.bp import BeliefPropagation
-
-    results: dict[_Task, xr.Dataset] = {}
+    run = _Runner(times, make_grammar, n_samples=n_samples, noise=noise, backend=backend,
+                  dtype=dtype, device=device, store=store)
     todo = []
     for task in tasks:
         if store is not None and store.has(task.key):
-            results[task] = store.load(task.key)
+            run.load(task)
         else:
             todo.append(task)
-    info = {"points_reused": len(tasks) - len(todo), "points_computed": 0, "seconds_computed": 0.0}
-    bar = tqdm(total=len(tasks), initial=info["points_reused"], desc=desc, disable=not progress,
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, disable=not progress,
                unit="pt", dynamic_ncols=True)
-    current: tuple[int, int] | None = None
-    bp = data = proc = None
     try:
+        busy = []
         for task in todo:
-            if current != (task.L, task.seed):
-                grammar = make_grammar(task.L, task.seed)
-                bp = BeliefPropagation(grammar, backend=backend, dtype=dtype, device=device)
-                proc = make_noise(noise, grammar.vocab_sizes[-1])
-                data = draw_data(grammar, n_samples, task.seed)
-                current = (task.L, task.seed)
             bar.set_postfix(L=task.L, seed=task.seed, t=f"{times[task.ti]:g}", refresh=False)
-            t0 = _time.perf_counter()
-            stats = forward_backward_point(bp, proc, data, float(times[task.ti]), seed=task.seed, ti=task.ti)
-            dt = _time.perf_counter() - t0
-            ds = _point_dataset(stats, times[task.ti], dt)
-            if store is not None:
-                store.save(task.key, ds)
-            results[task] = ds
-            info["points_computed"] += 1
-            info["seconds_computed"] += dt
+            if store is None:
+                run.compute(task)
+            elif not run.claim_and_run(task, wait=False):
+                busy.append(task)
+                continue
+            bar.update(1)
+        for task in busy:
+            run.claim_and_run(task, wait=True)
             bar.update(1)
     finally:
         bar.close()
-    return results, info
+    return run.results, run.info
 
 
 def _assemble(
-    results: Mapping[_Task, xr.Dataset], depths: Sequence[int], seeds: Sequence[int], times: np.ndarray
+    results: Mapping[_Task, xr.Dataset], depths: Sequence[int], seeds: Sequence[int],
+    times: np.ndarray, noise: str,
 ) -> xr.Dataset:
     """Stack point datasets into dims ``(L, seed, time, level)``; levels beyond L are NaN."""
     n_levels = max(depths) + 1
-    names = list(next(iter(results.values())).data_vars)
+    names = [k for k in next(iter(results.values())).data_vars]
     arrays = {k: np.full((len(depths), len(seeds), len(times), n_levels), np.nan) for k in names}
     seconds = np.full((len(depths), len(seeds), len(times)), np.nan)
     for task, ds in results.items():
@@ -303,13 +384,34 @@ def _assemble(
     out["p_correct_class"] = out["p_correct"].sel(level=0, drop=True)
     out["p_correct_class_se"] = out["p_correct_se"].sel(level=0, drop=True)
     out["seconds"] = (("L", "seed", "time"), seconds)
+    return _cf_attrs(out, noise)
+
+
+#: CF ``long_name`` / ``units`` of coordinates (``time`` depends on the noise)
+_COORD_ATTRS = {
+    "L": {"long_name": "depth of the tree (levels below the root)", "units": "1"},
+    "seed": {"long_name": "seed of the grammar rules, data, noise and posterior samples"},
+    "level": {"long_name": "tree level (0 = root/class, L = leaves)", "units": "1"},
+}
+_TIME_UNITS = {"gaussian": "DDPM steps", "uniform": "1", "masking": "1"}
+
+
+def _cf_attrs(ds: xr.Dataset, noise: str) -> xr.Dataset:
+    """Set CF ``long_name`` (and ``units`` where meaningful) on every coordinate and variable."""
+    for name, attrs in _COORD_ATTRS.items():
+        if name in ds.coords:
+            ds[name].attrs.update(attrs)
+    if "time" in ds.coords:
+        ds["time"].attrs.update({"long_name": f"noise level: {TIME_MEANING[noise]}",
+                                 "units": _TIME_UNITS[noise]})
     for k, doc in _VAR_DOCS.items():
-        out[k].attrs["long_name"] = doc
-        if k + "_se" in out:
-            out[k + "_se"].attrs["long_name"] = f"standard error of {k} over samples"
-    out["seconds"].attrs["long_name"] = "wall time spent computing the point (s)"
-    out["level"].attrs["long_name"] = "tree level (0 = root/class, L = leaves)"
-    return out
+        if k in ds:
+            ds[k].attrs.update({"long_name": doc, "units": "1"})
+        if k + "_se" in ds:
+            ds[k + "_se"].attrs.update({"long_name": f"standard error of {k} over samples", "units": "1"})
+    if "seconds" in ds:
+        ds["seconds"].attrs.update({"long_name": "wall time spent computing the point", "units": "s"})
+    return ds
 
 
 def _prepare_common(times: Any, n_samples: Any, noise: str, seeds: Iterable[Any]) -> tuple[np.ndarray, int, list[int]]:
@@ -324,16 +426,17 @@ def _prepare_common(times: Any, n_samples: Any, noise: str, seeds: Iterable[Any]
     return times, n_samples, seeds
 
 
-def _attrs(noise: str, n_samples: int, backend: str, info: Mapping[str, Any]) -> dict[str, Any]:
+def _attrs(noise: str, n_samples: int, settings: Mapping[str, str], info: Mapping[str, Any]) -> dict[str, Any]:
     from hiergen import __version__
 
     attrs = {
         "title": "forward-backward experiment (exact BP posterior sampling)",
+        "Conventions": "CF-1.8",
         "noise": noise,
         "time_meaning": TIME_MEANING[noise],
         "n_samples": n_samples,
         "block": BLOCK,
-        "backend": backend,
+        **settings,
         "hiergen_version": __version__,
         **info,
     }
@@ -342,12 +445,15 @@ def _attrs(noise: str, n_samples: int, backend: str, info: Mapping[str, Any]) ->
     return attrs
 
 
-def _write(ds: xr.Dataset, out: Path) -> Path:
-    path = out / RESULT_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    ds.to_netcdf(tmp, engine="h5netcdf")
-    tmp.replace(path)
-    return path
+def _write(ds: xr.Dataset, store: Any) -> Path:
+    """Write the result file ``out/forward_backward.nc`` atomically, under the store's
+    result lock (one writer at a time). Its data come from the store's points only (each was
+    read from the store or written to it by this process, and a finished point is never
+    rewritten), so every process writes the same numbers."""
+    from hiergen.experiments.store import write_netcdf
+
+    with store.lock(RESULT_FILE):
+        return write_netcdf(store.root / RESULT_FILE, ds)
 
 
 def forward_backward(
@@ -375,7 +481,10 @@ def forward_backward(
     seed : seeds the data, the noise and the posterior samples.
     backend, dtype, device : BP backend (``"numpy"``, ``"torch"``, ``"jax"``).
     out : folder; when given, each finished time point is saved there at once, a rerun
-        resumes, and the result is also written to ``out/forward_backward.nc``.
+        resumes, and the result is also written to ``out/forward_backward.nc``. Several
+        processes may share the folder (they split the points, see
+        :mod:`hiergen.experiments.store`); other settings (including backend and dtype)
+        are refused with a :class:`ConfigError`.
     progress : show a tqdm progress bar.
 
     Returns
@@ -387,32 +496,26 @@ def forward_backward(
     if not isinstance(grammar, Grammar):
         raise ConfigError(f"forward_backward needs a Grammar, got {type(grammar).__name__}")
     times, n_samples, seeds = _prepare_common(times, n_samples, noise, [seed])
+    settings = bp_settings(grammar, backend, dtype, device)
     store = None
     if out is not None:
         from hiergen.experiments.store import PointStore
 
-        config = {
-            "kind": "forward_backward",
-            "grammar": _fingerprint(grammar),
-            "noise": noise,
-            "times": times.tolist(),
-            "n_samples": n_samples,
-            "block": BLOCK,
-        }
-        store = PointStore(out, config)
+        model = {"grammar": _fingerprint(grammar)}
+        store = PointStore(out, _store_config("forward_backward", model, noise, times, n_samples, settings))
     tasks = [_Task(grammar.L, seeds[0], ti) for ti in range(len(times))]
     results, info = _run_tasks(
         tasks, times, lambda L, s: grammar, n_samples=n_samples, noise=noise, backend=backend,
         dtype=dtype, device=device, store=store, progress=progress, desc="forward-backward",
     )
-    ds = _assemble(results, [grammar.L], seeds, times).isel(L=0, seed=0, drop=True)
-    ds.attrs.update(_attrs(noise, n_samples, backend, info))
+    ds = _assemble(results, [grammar.L], seeds, times, noise).isel(L=0, seed=0, drop=True)
+    ds.attrs.update(_attrs(noise, n_samples, settings, info))
     q = float(np.sum(np.asarray(grammar.root_prior, dtype=np.float64) ** 2))
     ds.attrs.update({"seed": seeds[0], "grammar": repr(grammar), "L": grammar.L,
                      "n_classes": grammar.n_classes, "class_change_limit": 1.0 - q,
                      "p_correct_class_limit": q})
-    if out is not None:
-        _write(ds, Path(out))
+    if store is not None:
+        _write(ds, store)
     return ds
 
 
@@ -455,8 +558,10 @@ def sweep_forward_backward(
 
     With ``out`` (a folder), every finished point ``(L, seed, time)`` is saved at once under
     ``out/points/``; a killed sweep rerun with the same arguments skips the finished points
-    (more depths or seeds can be added later; other times, noise, sizes are refused), and
-    the assembled dataset is written to ``out/forward_backward.nc``.
+    (more depths or seeds can be added later; other times, noise, sizes, backend, dtype,
+    device kind or hiergen version are refused), and the assembled dataset is written to
+    ``out/forward_backward.nc``. Processes sharing ``out`` claim points with inter-process
+    locks, so each point is computed once and the result file is the same as one clean run's.
 
     Returns
     -------
@@ -473,18 +578,12 @@ def sweep_forward_backward(
     times, n_samples, seeds = _prepare_common(times, n_samples, noise, seeds)
     # building the grammars first validates the parameters before any work starts
     grammars = {(L, s): RHM(**params, L=L, seed=s) for L in depths for s in seeds}
+    settings = bp_settings(grammars[(depths[0], seeds[0])], backend, dtype, device)
     store = None
     if out is not None:
         from hiergen.experiments.store import PointStore
 
-        config = {
-            "kind": "sweep_forward_backward",
-            "rhm": params,
-            "noise": noise,
-            "times": times.tolist(),
-            "n_samples": n_samples,
-            "block": BLOCK,
-        }
+        config = _store_config("sweep_forward_backward", {"rhm": params}, noise, times, n_samples, settings)
         store = PointStore(out, config)
     tasks = [_Task(L, s, ti) for L in depths for s in seeds for ti in range(len(times))]
     results, info = _run_tasks(
@@ -492,10 +591,10 @@ def sweep_forward_backward(
         backend=backend, dtype=dtype, device=device, store=store, progress=progress,
         desc="forward-backward sweep",
     )
-    ds = _assemble(results, depths, seeds, times)
-    ds.attrs.update(_attrs(noise, n_samples, backend, info))
+    ds = _assemble(results, depths, seeds, times, noise)
+    ds.attrs.update(_attrs(noise, n_samples, settings, info))
     ds.attrs.update({f"rhm_{k}": v for k, v in params.items()})
     ds.attrs["n_classes"] = params["n_classes"]
-    if out is not None:
-        _write(ds, Path(out))
+    if store is not None:
+        _write(ds, store)
     return ds
