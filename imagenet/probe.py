@@ -28,7 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
+from hiergen._files import atomic_path, atomic_write, file_lock
 from hiergen.imagenet.data import ImageRecord, load_images, records_from_json, shard
+from hiergen.imagenet.forward_backward import FB_SETTINGS
+from hiergen.imagenet.settings import (
+    json_fingerprint,
+    lock_path,
+    read_json,
+    record_settings,
+    state_dict_fingerprint,
+)
 from hiergen.models.errors import ConfigError
 
 CLASSIFIER_CONFIG = "classifier.json"
@@ -50,6 +59,25 @@ class Classifier:
     name: str = ""
     num_classes: int = 0
     extra: dict = field(default_factory=dict)
+    arch: dict = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the model's state dict (names, dtypes, shapes, bytes); computed once."""
+        if self._fingerprint is None:
+            self._fingerprint = state_dict_fingerprint(self.model.state_dict())
+        return self._fingerprint
+
+    def settings(self) -> dict:
+        """Everything about the classifier that changes probe results: architecture, weights
+        fingerprint, preprocessing, parameter dtype."""
+        dtype = next(iter(self.model.parameters())).dtype
+        return {"classifier": self.name, "classifier_arch": self.arch,
+                "classifier_weights": self.fingerprint,
+                "preprocess": {"input_size": self.input_size, "in_chans": self.in_chans,
+                               "mean": list(self.mean), "std": list(self.std)},
+                "dtype": str(dtype).replace("torch.", "")}
 
     def preprocess(self, x):
         """``x`` (B, C, H, W) in [-1, 1] -> normalised classifier input (B, in_chans, S, S)."""
@@ -140,7 +168,7 @@ def load_classifier(source: str | os.PathLike = "convnext_base", pretrained: boo
         _load_into(model, sd, src / CLASSIFIER_WEIGHTS)
         return Classifier(model.to(device).eval(), int(cfg["input_size"]), int(cfg["in_chans"]),
                           tuple(cfg["mean"]), tuple(cfg["std"]), name=str(src),
-                          num_classes=int(cfg["num_classes"]), extra=cfg)
+                          num_classes=int(cfg["num_classes"]), extra=cfg, arch=cfg["model"])
     import timm
 
     name = str(source)
@@ -157,7 +185,8 @@ def load_classifier(source: str | os.PathLike = "convnext_base", pretrained: boo
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     return Classifier(model.to(device).eval(), size, int(cfg.get("input_size", (3,))[0]),
                       tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)),
-                      name=str(source), num_classes=int(getattr(model, "num_classes", 0)))
+                      name=str(source), num_classes=int(getattr(model, "num_classes", 0)),
+                      arch={"timm_model": name})
 
 
 def _load_into(model, sd: dict, path: Path) -> None:
@@ -312,10 +341,8 @@ class Whitening:
         for name in self.mean:
             tensors[f"{name}.mean"] = torch.from_numpy(self.mean[name])
             tensors[f"{name}.std"] = torch.from_numpy(self.std[name])
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata={"eps": str(self.eps)})
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                                 metadata={"eps": repr(float(self.eps))}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Whitening:
@@ -356,12 +383,28 @@ def _batches(records, batch_size):
     return [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
 
 
+PROBE_NAME = "probe"
+_RESERVED = {"fb", "start_images", "parts"}
+
+
+def probe_dir(run_dir: str | os.PathLike, name: str = PROBE_NAME) -> Path:
+    """The folder of the probe results called ``name`` (``run_dir/<name>``, merged into
+    ``run_dir/<name>.nc``); ``name`` is a plain file name."""
+    ok = (name and name not in _RESERVED and name[0].isalnum()
+          and all(c.isalnum() or c in "._-" for c in name))
+    if not ok:
+        raise ConfigError(f"probe name {name!r}: use letters, digits, '.', '_' and '-' (not "
+                          f"{', '.join(sorted(_RESERVED))})")
+    return Path(run_dir) / name
+
+
 def compute_whitening(clf: Classifier, rec: ActivationRecorder, start: Sequence[ImageRecord],
-                      size: int, channels: int, batch_size: int, device: str = "cpu") -> Whitening:
+                      size: int, channels: int, batch_size: int, device: str = "cpu",
+                      eps: float = 1e-6) -> Whitening:
     """Whitening statistics over all start images (the k = 0 PNGs)."""
     import torch
 
-    w = Whitening()
+    w = Whitening(eps)
     for batch in _batches(list(start), batch_size):
         x = torch.from_numpy(load_images(batch, size, channels)).to(device)
         _, acts = rec.forward(clf.preprocess(x))
@@ -369,8 +412,109 @@ def compute_whitening(clf: Classifier, rec: ActivationRecorder, start: Sequence[
     return w.finalize()
 
 
-def _part_path(probe_dir: Path, k: int, chunk: int) -> Path:
-    return probe_dir / "parts" / f"k{k:04d}_c{chunk:05d}.nc"
+def _part_path(pdir: Path, k: int, chunk: int) -> Path:
+    return pdir / "parts" / f"k{k:04d}_c{chunk:05d}.nc"
+
+
+@dataclass
+class _ProbeRun:
+    """What one probe call works on: the forward-backward run and the probe folder."""
+
+    run_dir: Path
+    fb_dir: Path
+    pdir: Path
+    meta: dict
+    records: list[ImageRecord]
+    size: int
+    channels: int
+
+
+def _open_run(run_dir: str | os.PathLike, name: str) -> _ProbeRun:
+    run_dir = Path(run_dir)
+    fb_dir = run_dir / "fb"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a folder (expected a forward-backward run folder)")
+    if not (fb_dir / "meta.json").is_file() or not (fb_dir / "images.json").is_file():
+        raise ConfigError(f"{fb_dir / 'meta.json'}: no forward-backward run found in {run_dir}")
+    meta = read_json(fb_dir / "meta.json")
+    try:
+        records = records_from_json((fb_dir / "images.json").read_text())
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{fb_dir / 'images.json'}: corrupt image list ({exc})") from exc
+    return _ProbeRun(run_dir, fb_dir, probe_dir(run_dir, name), meta, records,
+                     int(meta["image_size"]), int(meta["channels"]))
+
+
+def probe_settings(clf: Classifier, layers: Sequence[str], run: _ProbeRun, batch_size: int,
+                   eps: float, device: str) -> dict:
+    """Every setting that changes probe results (stored in ``<probe>/config.json`` and in the
+    merged file's attributes): the classifier's :meth:`Classifier.settings`, the hooked layers,
+    the whitening eps, the chunk size, the device kind and fingerprints of the forward-backward
+    settings and of the image list."""
+    import torch
+
+    return {**clf.settings(), "hooks": list(layers), "whitening_eps": float(eps),
+            "chunk_size": int(batch_size), "device_kind": torch.device(device).type,
+            "fb_settings": json_fingerprint({k: run.meta.get(k) for k in FB_SETTINGS}),
+            "images": json_fingerprint([r.id for r in run.records]),
+            "n_images": len(run.records)}
+
+
+def _load_or_compute_whitening(clf, rec, run: _ProbeRun, layers, batch_size, device, eps
+                               ) -> Whitening:
+    """The stored statistics of the probe folder, or computed (once, under a lock) and stored."""
+    wpath = run.pdir / "whitening.safetensors"
+    with file_lock(lock_path(wpath)):
+        if wpath.is_file():
+            white = Whitening.load(wpath)
+            if sorted(white.mean) != sorted(layers) or white.eps != eps:
+                raise ConfigError(f"{wpath}: statistics are for other layers or another eps "
+                                  "than this probe's settings; delete the probe folder")
+            return white
+        white = compute_whitening(clf, rec, _fb_paths(run.fb_dir, 0, run.records), run.size,
+                                  run.channels, batch_size, device, eps)
+        white.save(wpath)
+    return white
+
+
+def _part_dataset(rs, k, layers, sims, logit, logit0):
+    import xarray as xr
+
+    ds = xr.Dataset(
+        {m: (("image", "layer"), np.stack([sims[n][m] for n in layers], axis=1))
+         for m in ("cosine", "l2", "nl2")},
+        coords={"image": [r.id for r in rs], "layer": list(layers)},
+    )
+    ds["logits"] = (("image", "class"), logit.cpu().numpy())
+    ds["logits_start"] = (("image", "class"), logit0.cpu().numpy())
+    ds["label"] = ("image", np.array([r.label for r in rs], dtype=np.int64))
+    return ds.expand_dims(k=[k])
+
+
+def _probe_chunk(clf, rec, white, run: _ProbeRun, c, rs, ks, layers, device, bar) -> tuple:
+    """Probe one chunk of images at the reversal steps ``ks`` whose images all exist; write one
+    part per k. Returns (images probed, seconds)."""
+    import torch
+
+    x0 = torch.from_numpy(load_images(_fb_paths(run.fb_dir, 0, rs), run.size, run.channels))
+    logit0, acts0 = rec.forward(clf.preprocess(x0.to(device)))
+    w0 = {n: white.apply(n, a) for n, a in acts0.items()}
+    n_done, seconds = 0, 0.0
+    for k in ks:
+        gen = _fb_paths(run.fb_dir, k, rs)
+        if not all(Path(r.path).is_file() for r in gen):
+            continue
+        t0 = time.perf_counter()
+        x = torch.from_numpy(load_images(gen, run.size, run.channels)).to(device)
+        logit, acts = rec.forward(clf.preprocess(x))
+        sims = {n: similarity(w0[n], white.apply(n, acts[n])) for n in layers}
+        seconds += time.perf_counter() - t0
+        n_done += len(rs)
+        ds = _part_dataset(rs, k, layers, sims, logit, logit0)
+        with atomic_path(_part_path(run.pdir, k, c)) as tmp:
+            ds.to_netcdf(tmp)
+        bar.update(len(rs))
+    return n_done, seconds
 
 
 def run_probe(
@@ -382,162 +526,153 @@ def run_probe(
     hook_names: Sequence[str] | None = None,
     device: str = "cpu",
     progress: bool = True,
+    name: str = PROBE_NAME,
+    whitening_eps: float = 1e-6,
 ) -> dict:
     """Probe the classifier on every (image, k) PNG of a forward-backward run in ``run_dir``.
 
-    Writes ``run_dir/probe/whitening.safetensors`` (stats over the start images, reused when
-    present), one NetCDF part per (k, chunk of ``batch_size`` images) under ``probe/parts``
-    (skipped when present; shard ``shard_index`` does every ``num_shards``-th chunk), and, once all
-    parts exist, the merged ``run_dir/probe.nc`` (see :func:`merge_probe`). Missing generated
-    images (a forward-backward still running) leave their part for a later call. Returns timing
-    ``{"images": n, "seconds": s, "images_per_s": r}`` over newly probed (image, k) pairs.
+    Results go to the probe folder ``run_dir/<name>`` (default ``probe``): ``config.json`` (the
+    :func:`probe_settings`: classifier weights fingerprint, hooks, whitening eps, chunk size,
+    dtype, device kind, forward-backward settings and image list; a call with any other setting
+    is refused with a :class:`ConfigError` naming the differences - use another ``name``),
+    ``whitening.safetensors`` (stats over the start images), one NetCDF part per (k, chunk of
+    ``batch_size`` images) under ``parts`` (skipped when present; shard ``shard_index`` does
+    every ``num_shards``-th chunk), and, once all parts exist, the merged ``run_dir/<name>.nc``
+    (see :func:`merge_probe`). Missing generated images (a forward-backward still running) leave
+    their part for a later call. Returns timing ``{"images": n, "seconds": s,
+    "images_per_s": r}`` over newly probed (image, k) pairs.
     """
-    import torch
-    import xarray as xr
     from tqdm.auto import tqdm
 
-    run_dir = Path(run_dir)
-    fb_dir = run_dir / "fb"
-    if not (fb_dir / "meta.json").is_file():
-        raise ConfigError(f"{fb_dir / 'meta.json'}: no forward-backward run found in {run_dir}")
-    meta = json.loads((fb_dir / "meta.json").read_text())
-    records = records_from_json((fb_dir / "images.json").read_text())
-    ks = [int(k) for k in meta["ks"]]
-    size, channels = int(meta["image_size"]), int(meta["channels"])
-    probe_dir = run_dir / "probe"
-    (probe_dir / "parts").mkdir(parents=True, exist_ok=True)
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    if not whitening_eps > 0:
+        raise ConfigError(f"whitening eps must be > 0, got {whitening_eps}")
+    run = _open_run(run_dir, name)
     points = hook_points(clf.model, hook_names)
     layers = [n for n, _ in points]
-    rec = ActivationRecorder(clf.model, points)
-    start_all = _fb_paths(fb_dir, 0, records)
-    missing = [r.path for r in start_all if not Path(r.path).is_file()]
+    missing = [r.path for r in _fb_paths(run.fb_dir, 0, run.records) if not Path(r.path).is_file()]
     if missing:
         raise ConfigError(f"{missing[0]}: start image (k = 0) missing; run forward-backward first")
-    wpath = probe_dir / "whitening.safetensors"
-    if wpath.is_file():
-        white = Whitening.load(wpath)
-        if sorted(white.mean) != sorted(layers):
-            raise ConfigError(f"{wpath}: statistics are for other layers than the hooked ones")
-    else:
-        white = compute_whitening(clf, rec, start_all, size, channels, batch_size, device)
-        white.save(wpath)
-    info_path = probe_dir / "layers.json"
-    if info_path.is_file():
-        old = json.loads(info_path.read_text())
-        if old.get("chunk_size") != batch_size or old.get("layers") != layers:
-            raise ConfigError(f"{info_path}: existing probe parts used chunk size "
-                              f"{old.get('chunk_size')} and {len(old.get('layers', []))} layers; "
-                              f"resume with the same batch size and classifier")
-    else:
-        info_path.write_text(json.dumps({"classifier": clf.name, "layers": layers,
-                                         "chunk_size": batch_size}))
-
-    mine = shard([(c, records[i:i + batch_size]) for c, i in
-                  enumerate(range(0, len(records), batch_size))], shard_index, num_shards)
-    todo = [(c, rs, [k for k in ks if not _part_path(probe_dir, k, c).is_file()])
-            for c, rs in mine]
-    todo = [t for t in todo if t[2]]
-    bar = tqdm(total=sum(len(rs) * len(kk) for _, rs, kk in todo), desc="probe", unit="img",
-               disable=not progress)
-    n_done, seconds = 0, 0.0
-    for c, rs, kk in todo:
-        x0 = torch.from_numpy(load_images(_fb_paths(fb_dir, 0, rs), size, channels)).to(device)
-        logit0, acts0 = rec.forward(clf.preprocess(x0))
-        w0 = {n: white.apply(n, a) for n, a in acts0.items()}
-        for k in kk:
-            gen = _fb_paths(fb_dir, k, rs)
-            if not all(Path(r.path).is_file() for r in gen):
-                continue
-            t0 = time.perf_counter()
-            x = torch.from_numpy(load_images(gen, size, channels)).to(device)
-            logit, acts = rec.forward(clf.preprocess(x))
-            sims = {n: similarity(w0[n], white.apply(n, acts[n])) for n in layers}
-            seconds += time.perf_counter() - t0
-            n_done += len(rs)
-            ds = xr.Dataset(
-                {m: (("image", "layer"), np.stack([sims[n][m] for n in layers], axis=1))
-                 for m in ("cosine", "l2", "nl2")},
-                coords={"image": [r.id for r in rs], "layer": layers},
-            )
-            ds["logits"] = (("image", "class"), logit.cpu().numpy())
-            ds["logits_start"] = (("image", "class"), logit0.cpu().numpy())
-            ds["label"] = ("image", np.array([r.label for r in rs], dtype=np.int64))
-            ds = ds.expand_dims(k=[k])
-            path = _part_path(probe_dir, k, c)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            ds.to_netcdf(tmp)
-            os.replace(tmp, path)
-            bar.update(len(rs))
-    bar.close()
-    rec.close()
-    merge_probe(run_dir, strict=False)
+    record_settings(run.pdir / "config.json",
+                    probe_settings(clf, layers, run, batch_size, whitening_eps, device),
+                    "probe results",
+                    f"pass another probe name (--name) for these settings, or delete {run.pdir}",
+                    compare=PROBE_COMPARED)
+    rec = ActivationRecorder(clf.model, points)
+    try:
+        white = _load_or_compute_whitening(clf, rec, run, layers, batch_size, device,
+                                           whitening_eps)
+        mine = shard(list(enumerate(_batches(run.records, batch_size))), shard_index, num_shards)
+        todo = [(c, rs, [k for k in run.meta["ks"] if not _part_path(run.pdir, k, c).is_file()])
+                for c, rs in mine]
+        todo = [t for t in todo if t[2]]
+        bar = tqdm(total=sum(len(rs) * len(kk) for _, rs, kk in todo), desc="probe", unit="img",
+                   disable=not progress)
+        n_done, seconds = 0, 0.0
+        for c, rs, kk in todo:
+            n, sec = _probe_chunk(clf, rec, white, run, c, rs, [int(k) for k in kk], layers,
+                                  device, bar)
+            n_done, seconds = n_done + n, seconds + sec
+        bar.close()
+    finally:
+        rec.close()
+    merge_probe(run.run_dir, strict=False, name=name)
     return {"images": n_done, "seconds": seconds,
             "images_per_s": n_done / seconds if seconds > 0 else float("nan")}
 
 
-def merge_probe(run_dir: str | os.PathLike, strict: bool = True):
-    """Merge the probe parts of ``run_dir`` into ``run_dir/probe.nc`` and return the Dataset.
+#: probe settings that must match to reuse a probe folder (the classifier's name may change)
+PROBE_COMPARED = ("classifier_arch", "classifier_weights", "preprocess", "dtype", "hooks",
+                  "whitening_eps", "chunk_size", "device_kind", "fb_settings", "images",
+                  "n_images")
 
-    Variables (dims): ``cosine``, ``l2``, ``nl2`` (k, image, layer); ``logits`` (k, image, class);
-    ``top1`` (k, image); ``class_change`` (k, image) = top-1 differs from the start image's;
-    ``label``, ``top1_start``, ``correct1_start``, ``correct5_start`` (image); attributes
-    ``top1_accuracy`` / ``top5_accuracy`` of the start images (NaN when unlabelled).
-    With ``strict=False`` returns None (and writes nothing) while parts are missing.
-    """
+
+def _read_parts(pdir: Path, ks: Sequence[int], n_chunks: int):
     import xarray as xr
 
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "fb" / "meta.json").read_text())
-    records = records_from_json((run_dir / "fb" / "images.json").read_text())
-    probe_dir = run_dir / "probe"
-    info_path = probe_dir / "layers.json"
-    if not info_path.is_file():
-        if strict:
-            raise ConfigError(f"{info_path}: no probe run found in {run_dir}")
-        return None
-    info = json.loads(info_path.read_text())
-    n_chunks = -(-len(records) // int(info["chunk_size"]))
-    need = {(int(k), c) for k in meta["ks"] for c in range(n_chunks)}
-    have = {(int(p.stem[1:5]), int(p.stem.split("_c")[1]))
-            for p in (probe_dir / "parts").glob("k*_c*.nc")}
-    if not need <= have:
-        if strict:
-            lack = sorted(need - have)[:3]
-            raise ConfigError(f"{probe_dir}: probe parts missing (e.g. (k, chunk) = {lack})")
-        return None
     by_k = []
-    for k in sorted({k for k, _ in need}):
+    for k in sorted(ks):
         chunks = []
-        for c in sorted({c for kk, c in need if kk == k}):
-            with xr.open_dataset(_part_path(probe_dir, k, c)) as d:
+        for c in range(n_chunks):
+            with xr.open_dataset(_part_path(pdir, k, c)) as d:
                 chunks.append(d.load())
         by_k.append(xr.concat(chunks, dim="image"))
-    ds = xr.concat(by_k, dim="k")
-    ds["label"] = ds["label"].isel(k=0, drop=True)
+    return xr.concat(by_k, dim="k")
+
+
+def _add_metrics(ds, records: Sequence[ImageRecord]):
+    """Top-1 / class change / start accuracy variables; labels from the run's image list (so a
+    corrected label needs no re-probing)."""
+    label_of = {r.id: r.label for r in records}
+    labels = np.array([label_of[str(i)] for i in ds["image"].values], dtype=np.int64)
+    ds["label"] = ("image", labels)
     ds["logits_start"] = ds["logits_start"].isel(k=0, drop=True)
     top1 = ds["logits"].argmax("class")
     top1_start = ds["logits_start"].argmax("class")
     ds["top1"] = top1
     ds["top1_start"] = top1_start
     ds["class_change"] = (top1 != top1_start).astype(np.float64)
-    labels = ds["label"].values
     top5 = np.argsort(-ds["logits_start"].values, axis=1)[:, :5]
     ds["correct1_start"] = ("image", (top1_start.values == labels).astype(np.float64))
     ds["correct5_start"] = ("image", (top5 == labels[:, None]).any(1).astype(np.float64))
     labelled = labels >= 0
-    ds.attrs.update({
-        "top1_accuracy": float(ds["correct1_start"].values[labelled].mean()) if labelled.any()
-        else float("nan"),
-        "top5_accuracy": float(ds["correct5_start"].values[labelled].mean()) if labelled.any()
-        else float("nan"),
+    for n in (1, 5):
+        ds.attrs[f"top{n}_accuracy"] = (float(ds[f"correct{n}_start"].values[labelled].mean())
+                                        if labelled.any() else float("nan"))
+    return ds
+
+
+def _settings_attrs(meta: dict, info: dict) -> dict:
+    """NetCDF attributes recording the settings of the forward-backward run and the probe."""
+    return {
         "n_steps": int(meta["n_steps"]), "seed": int(meta["seed"]), "ddpm": meta.get("ddpm", ""),
+        "ddpm_fingerprint": str(meta.get("ddpm_fingerprint", "")),
+        "fb_dtype": str(meta.get("dtype", "")), "fb_device_kind": str(meta.get("device_kind", "")),
+        "classifier": info.get("classifier", ""),
+        "classifier_weights": info.get("classifier_weights", ""),
+        "hooks": ",".join(info.get("hooks", [])), "whitening_eps": info.get("whitening_eps", 0.0),
+        "dtype": info.get("dtype", ""), "device_kind": info.get("device_kind", ""),
+        "probe_settings": json.dumps(info, sort_keys=True),
         "metric_nl2": "||a - b|| / ||a|| of whitened activations",
-    })
-    ds = ds.assign_coords(t=("k", [(-1 if k == 0 else int(meta["timesteps"][k - 1]))
-                                   for k in ds["k"].values]))
-    ds.attrs["classifier"] = info.get("classifier", "")
-    out = run_dir / "probe.nc"
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    ds.to_netcdf(tmp)
-    os.replace(tmp, out)
+    }
+
+
+def merge_probe(run_dir: str | os.PathLike, strict: bool = True, name: str = PROBE_NAME):
+    """Merge the parts of probe ``name`` of ``run_dir`` into ``run_dir/<name>.nc`` (under an
+    inter-process lock, written atomically) and return the Dataset.
+
+    Variables (dims): ``cosine``, ``l2``, ``nl2`` (k, image, layer); ``logits`` (k, image, class);
+    ``top1`` (k, image); ``class_change`` (k, image) = top-1 differs from the start image's;
+    ``label``, ``top1_start``, ``correct1_start``, ``correct5_start`` (image); attributes
+    ``top1_accuracy`` / ``top5_accuracy`` of the start images (NaN when unlabelled) and the
+    settings (``classifier_weights``, ``hooks``, ``whitening_eps``, ``dtype``, ``device_kind``,
+    ``ddpm_fingerprint``, ..., all of them as JSON in ``probe_settings``).
+    With ``strict=False`` returns None (and writes nothing) while parts are missing.
+    """
+    run = _open_run(run_dir, name)
+    info_path = run.pdir / "config.json"
+    if not info_path.is_file():
+        if strict:
+            raise ConfigError(f"{info_path}: no probe run {name!r} found in {run.run_dir}")
+        return None
+    info = read_json(info_path)
+    n_chunks = -(-len(run.records) // int(info["chunk_size"]))
+    need = {(int(k), c) for k in run.meta["ks"] for c in range(n_chunks)}
+    have = {(int(p.stem[1:5]), int(p.stem.split("_c")[1]))
+            for p in (run.pdir / "parts").glob("k*_c*.nc")}
+    if not need <= have:
+        if strict:
+            lack = sorted(need - have)[:3]
+            raise ConfigError(f"{run.pdir}: probe parts missing (e.g. (k, chunk) = {lack})")
+        return None
+    out = run.run_dir / f"{name}.nc"
+    with file_lock(lock_path(out)):
+        ds = _add_metrics(_read_parts(run.pdir, sorted({k for k, _ in need}), n_chunks),
+                          run.records)
+        ds.attrs.update(_settings_attrs(run.meta, info))
+        ds = ds.assign_coords(t=("k", [(-1 if k == 0 else int(run.meta["timesteps"][k - 1]))
+                                       for k in ds["k"].values]))
+        with atomic_path(out) as tmp:
+            ds.to_netcdf(tmp)
     return ds
