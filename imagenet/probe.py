@@ -175,6 +175,9 @@ def run_probe(
     missing = [r.path for r in fb_paths(run.fb_dir, 0, run.records) if not Path(r.path).is_file()]
     if missing:
         raise ConfigError(f"{missing[0]}: start image (k = 0) missing; run forward-backward first")
+    if (run.pdir / "layers.json").is_file() and not (run.pdir / "config.json").is_file():
+        raise ConfigError(f"{run.pdir}: probe results of an older hiergen without a settings "
+                          "record (its weights are unknown); delete the folder or pass --name")
     record_settings(run.pdir / "config.json",
                     probe_settings(clf, layers, run, batch_size, whitening_eps, device),
                     "probe results",

@@ -246,6 +246,12 @@ def test_probe_refuses_other_settings(tmp_path, tiny_run):
                          progress=False)
     with pytest.raises(ConfigError, match="n_images: stored 6, now 8"):
         run_probe(tiny_run, same, batch_size=3, progress=False)
+    # an older probe folder (layers.json, no settings record) is not trusted
+    old = tiny_run / "old"
+    (old / "parts").mkdir(parents=True)
+    (old / "layers.json").write_text("{}")
+    with pytest.raises(ConfigError, match="older hiergen without a settings record"):
+        run_probe(tiny_run, same, batch_size=3, progress=False, name="old")
     for bad in ("", "../x", "fb", "a/b"):
         with pytest.raises(ConfigError, match="probe name"):
             run_probe(tiny_run, same, progress=False, name=bad)
