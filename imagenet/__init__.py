@@ -6,7 +6,12 @@ Submodules (torch, diffusers and timm are imported only when used):
 * :mod:`~hiergen.imagenet.schedule` - respacing a DDPM schedule to N steps;
 * :mod:`~hiergen.imagenet.forward_backward` - loading diffusers DDPMs, the respaced reverse chain,
   resumable / sharded forward-backward runs;
-* :mod:`~hiergen.imagenet.probe` - timm classifiers, hooks, whitening, similarities, ``probe.nc``;
+* :mod:`~hiergen.imagenet.classifier` - timm classifiers and classifier folders, weight fingerprints;
+* :mod:`~hiergen.imagenet.hooks` - the hooked modules (stem, blocks, downsampling, head);
+* :mod:`~hiergen.imagenet.whitening` - per-channel whitening statistics and similarity metrics;
+* :mod:`~hiergen.imagenet.probe` - the probe driver (resumable, sharded, settings-keyed parts);
+* :mod:`~hiergen.imagenet.probe_merge` - the probe's run-folder layout and ``probe.nc``;
+* :mod:`~hiergen.imagenet.settings` - fingerprints and settings records (no mixing of caches);
 * :mod:`~hiergen.imagenet.plots` - the Fig. 2 panels;
 * :mod:`~hiergen.imagenet.digits` - the CPU-scale ``digits`` preset (training and shipped weights).
 
@@ -30,13 +35,16 @@ _EXPORTS = {
     "load_ddpm": "forward_backward",
     "RespacedDDPM": "forward_backward",
     "run_forward_backward": "forward_backward",
-    "Classifier": "probe",
-    "load_classifier": "probe",
-    "hook_points": "probe",
-    "Whitening": "probe",
-    "similarity": "probe",
+    "read_classes_file": "data",
+    "Classifier": "classifier",
+    "load_classifier": "classifier",
+    "hook_points": "hooks",
+    "ActivationRecorder": "hooks",
+    "Whitening": "whitening",
+    "similarity": "whitening",
     "run_probe": "probe",
-    "merge_probe": "probe",
+    "merge_probe": "probe_merge",
+    "state_dict_fingerprint": "settings",
     "plot_fig2": "plots",
     "train_preset": "digits",
     "export_digits_folder": "digits",

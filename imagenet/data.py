@@ -4,8 +4,11 @@ loading with center crop / resize, and PNG files that carry their provenance.
 Two layouts are understood by :func:`scan_images`:
 
 * class subfolders ``root/<class>/<image>`` (torchvision ``ImageFolder``); the label of a class
-  is its index among the sorted class-folder names (for ImageNet's wnid folders this is the
-  standard 0..999 order used by timm / torchvision classifiers);
+  is its index among the sorted names of *all* class folders, empty ones included (an empty
+  folder keeps its index, so the labels of the others do not shift; for ImageNet's wnid folders
+  this is the standard 0..999 order used by timm / torchvision classifiers), or its index in an
+  explicit class list (``classes``, :func:`read_classes_file`) when the folder holds only some
+  of the classifier's classes;
 * a flat folder of images plus a labels file (the ILSVRC2012 validation layout). The labels file
   holds either ``<file name> <label>`` lines (label an integer index or a class name), or one label
   per line in the sorted order of the file names (as ``ILSVRC2012_validation_ground_truth.txt``;
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hiergen._files import atomic_write
 from hiergen.models.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -82,6 +86,35 @@ def _read_labels_file(path: Path, names: list[str]) -> dict[str, str]:
     return dict(zip(names, lines))
 
 
+def read_classes_file(path: str | os.PathLike) -> list[str]:
+    """Class names in label order from a text file: one name per line (label = line index among
+    the non-empty, non-``#`` lines), or ``<name> <index>`` lines giving each index explicitly
+    (the indices must then be 0..n-1, each once)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: classes file not found")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise ConfigError(f"{path}: classes file lists no classes")
+    rows = [ln.replace(",", " ").split() for ln in lines]
+    if all(len(r) == 1 for r in rows):
+        names = [r[0] for r in rows]
+    else:
+        try:
+            pairs = sorted((int(r[1]), r[0]) for r in rows if len(r) == 2)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: lines must be '<name>' or '<name> <index>'") from exc
+        if len(pairs) != len(rows) or [i for i, _ in pairs] != list(range(len(pairs))):
+            raise ConfigError(f"{path}: '<name> <index>' lines must give each index "
+                              f"0..{len(rows) - 1} exactly once")
+        names = [n for _, n in pairs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"{path}: class names listed twice: {dup[:5]}")
+    return names
+
+
 def scan_images(
     root: str | os.PathLike,
     labels_file: str | os.PathLike | None = None,
@@ -97,9 +130,12 @@ def scan_images(
     labels_file : labels of a flat folder (ILSVRC validation layout), see the module docstring.
     n_per_class : keep a deterministic subset of at most this many images per class, drawn
         with ``numpy.random.default_rng(seed)`` from the id-sorted list.
-    classes : class names in label order (default: sorted class names found).
+    classes : class names in label order (default: the sorted names of all class folders, empty
+        ones included; for a flat folder, the sorted label names, or the integers themselves).
     """
-    root = Path(root)
+    root = Path(root).absolute()
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"{root}: not a folder (expected an image folder)")
     if not root.is_dir():
         raise ConfigError(f"{root}: image folder not found")
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
@@ -118,9 +154,13 @@ def scan_images(
         else:
             pairs = [(f, None) for f in files]
     if not pairs:
-        raise ConfigError(f"{root}: no images found (empty image folder)")
+        where = f" in its {len(subdirs)} class folders" if subdirs and labels_file is None else ""
+        raise ConfigError(f"{root}: no images found{where} (empty image folder)")
 
     names = sorted({c for _, c in pairs if c is not None})
+    if subdirs and labels_file is None:
+        # every class folder counts, empty ones too: labels never depend on which are empty
+        names = [d.name for d in subdirs]
     if classes is None:
         if names and all(n.lstrip("-").isdigit() for n in names) and labels_file is not None:
             index = {n: int(n) for n in names}
@@ -215,18 +255,15 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def save_png(x: np.ndarray, path: str | os.PathLike, provenance: dict | None = None) -> None:
-    """Write ``x`` ``(C, H, W)`` in [-1, 1] as a PNG, atomically (temporary file + rename), with
+    """Write ``x`` ``(C, H, W)`` in [-1, 1] as a PNG, atomically (:func:`hiergen._files.atomic_write`), with
     ``provenance`` stored as JSON in the PNG text chunk ``hiergen``."""
     from PIL import Image, PngImagePlugin
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     if provenance is not None:
         info.add_text(PROVENANCE_KEY, json.dumps(provenance, sort_keys=True))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(to_uint8(x)).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    image = Image.fromarray(to_uint8(x))
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
 
 
 def read_provenance(path: str | os.PathLike) -> dict:
@@ -256,9 +293,17 @@ def shard_from_env(shard_index: int | None = None, num_shards: int | None = None
     """Explicit values if given, else ``RANK`` / ``WORLD_SIZE`` (torchrun, accelerate),
     else (0, 1)."""
     if num_shards is None:
-        num_shards = int(os.environ.get("WORLD_SIZE", "1"))
+        num_shards = _env_int("WORLD_SIZE", 1)
     if shard_index is None:
-        shard_index = int(os.environ.get("RANK", "0")) if num_shards > 1 else 0
+        shard_index = _env_int("RANK", 0) if num_shards > 1 else 0
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ConfigError(f"bad sharding: shard index {shard_index} of {num_shards} shards")
     return shard_index, num_shards
+
+
+def _env_int(name: str, default: int) -> int:
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer") from exc

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hiergen._files import atomic_write
 from hiergen.models.errors import ConfigError
 
 DIGITS_SIZE = 16
@@ -186,12 +187,24 @@ def train_ddpm(out_dir: str | os.PathLike, steps: int = 3000, batch_size: int = 
                 pe.mul_(d).add_(p.detach(), alpha=1 - d)
         losses.append(float(loss.detach()))
     out = Path(out_dir)
-    ema.save_pretrained(out / "unet", safe_serialization=True)
-    sched.save_pretrained(out / "scheduler")
+    _save_pretrained(ema, out / "unet", safe_serialization=True)
+    _save_pretrained(sched, out / "scheduler")
     info = {"steps": steps, "seconds": time.perf_counter() - t0,
             "final_loss": float(np.mean(losses[-100:]))}
-    (out / "training.json").write_text(json.dumps(info, indent=1))
+    atomic_write(out / "training.json", json.dumps(info, indent=1))
     return info
+
+
+def _save_pretrained(obj, folder: Path, **kwargs) -> None:
+    """diffusers' ``save_pretrained`` into a private scratch folder, then every file moved into
+    ``folder`` with :func:`hiergen._files.atomic_write` (a reader never sees a partial file)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hiergen-save-") as scratch:
+        obj.save_pretrained(scratch, **kwargs)
+        for f in sorted(Path(scratch).rglob("*")):
+            if f.is_file():
+                atomic_write(folder / f.relative_to(scratch), f.read_bytes())
 
 
 def _classifier_accuracy(model, x, y, batch_size: int = 512) -> float:
@@ -241,13 +254,12 @@ def train_classifier(out_dir: str | os.PathLike, epochs: int = 20, batch_size: i
             step += 1
     acc = _classifier_accuracy(model, xte, yte)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(out / CLASSIFIER_WEIGHTS))
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / CLASSIFIER_WEIGHTS, lambda tmp: save_file(tensors, str(tmp)))
     cfg = {"model": CLASSIFIER_SPEC, "input_size": DIGITS_SIZE, "in_chans": 1, "mean": [0.5],
            "std": [0.5], "num_classes": 10, "classes": [str(c) for c in range(10)],
            "test_accuracy": acc, "epochs": epochs}
-    (out / CLASSIFIER_CONFIG).write_text(json.dumps(cfg, indent=1))
+    atomic_write(out / CLASSIFIER_CONFIG, json.dumps(cfg, indent=1))
     return {"epochs": epochs, "seconds": time.perf_counter() - t0, "test_accuracy": acc}
 
 

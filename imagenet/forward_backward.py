@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hiergen._files import atomic_write, file_lock
 from hiergen.imagenet.data import (
     ImageRecord,
     load_images,
@@ -29,6 +30,14 @@ from hiergen.imagenet.data import (
     shard,
 )
 from hiergen.imagenet.schedule import RespacedSchedule, respace
+from hiergen.imagenet.settings import (
+    differing,
+    json_fingerprint,
+    lock_path,
+    mismatch_message,
+    read_json,
+    state_dict_fingerprint,
+)
 from hiergen.models.errors import ConfigError
 
 
@@ -143,6 +152,23 @@ class RespacedDDPM:
         self._abar = sch.alphas_cumprod
         self._abar_prev = sch.alphas_cumprod_prev
         self._post_var = sch.posterior_variance
+        self._fingerprint: str | None = None
+
+    @property
+    def dtype_name(self) -> str:
+        """The autocast dtype as a name (``float32`` when none)."""
+        return "float32" if self.dtype is None else str(self.dtype).replace("torch.", "")
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the UNet weights and config and the scheduler config (computed once)."""
+        if self._fingerprint is None:
+            configs = {"unet": dict(self.unet.config), "scheduler": dict(self.scheduler.config)}
+            self._fingerprint = json_fingerprint(
+                {"weights": state_dict_fingerprint(self.unet.state_dict()),
+                 "configs": {k: {n: v for n, v in c.items() if not n.startswith("_")}
+                             for k, c in configs.items()}})
+        return self._fingerprint
 
     # ---- one network evaluation ------------------------------------------------------------
     def model_output(self, x, i: int):
@@ -235,35 +261,52 @@ def fb_image_path(out_dir: str | os.PathLike, k: int, record: ImageRecord) -> Pa
     return Path(out_dir) / "fb" / f"k{int(k):04d}" / f"{record.safe_id}.png"
 
 
-def _merge_meta(out_dir: Path, meta: dict, records: Sequence[ImageRecord], write: bool
+#: settings of ``fb/meta.json`` that change the generated pixels: a run folder holds one value each
+FB_SETTINGS = ("n_steps", "seed", "image_size", "channels", "timesteps", "variance_type",
+               "prediction_type", "ddpm_fingerprint", "dtype", "device_kind")
+
+
+def _merge_meta(out_dir: Path, meta: dict, records: Sequence[ImageRecord]
                 ) -> tuple[dict, list[ImageRecord]]:
-    """Check a new run's settings against ``out_dir/fb/meta.json`` and return the union of the
-    old and new images and reversal steps (so a run folder always holds images x ks); write the
-    merged ``meta.json`` and ``images.json`` when ``write``."""
+    """Check a run's settings against ``out_dir/fb/meta.json`` (every one of
+    :data:`FB_SETTINGS` must match, else :class:`ConfigError` names each difference; an image id
+    must keep its start file) and store the union of the old and new images and reversal steps
+    (a run folder always holds images x ks), all under an inter-process lock."""
     fb = out_dir / "fb"
-    path = fb / "meta.json"
+    path, images_path = fb / "meta.json", fb / "images.json"
     records = sorted(records, key=lambda r: r.id)
-    if path.exists():
-        old = json.loads(path.read_text())
-        for key in ("n_steps", "seed", "ddpm", "image_size"):
-            if old.get(key) != meta.get(key):
-                raise ConfigError(f"{path}: existing run has {key} = {old.get(key)!r}, this run "
-                                  f"{meta.get(key)!r}; use another --out or the same settings")
-        meta = {**meta, "ks": sorted(set(old.get("ks", [])) | set(meta["ks"]))}
-        merged = {r["id"]: ImageRecord(**r) for r in json.loads((fb / "images.json").read_text())}
-        merged.update({r.id: r for r in records})
-        records = [merged[i] for i in sorted(merged)]
-    if write:
-        fb.mkdir(parents=True, exist_ok=True)
-        _atomic_write(fb / "images.json", records_to_json(records))
-        _atomic_write(path, json.dumps(meta, indent=1))
+    with file_lock(lock_path(path)):
+        if path.exists():
+            old = read_json(path)
+            names = differing(old, meta, FB_SETTINGS)
+            if names:
+                raise ConfigError(mismatch_message(
+                    path, old, meta, names, "generated images",
+                    "use another --out for these settings, or the stored ones to resume"))
+            meta = {**meta, "ks": sorted(set(old.get("ks", [])) | set(meta["ks"]))}
+            merged = {r["id"]: ImageRecord(**r) for r in read_json(images_path)}
+            for r in records:
+                prev = merged.get(r.id)
+                if prev is not None and prev.path != r.path:
+                    raise ConfigError(f"{images_path}: image {r.id!r} was generated from "
+                                      f"{prev.path}, this run starts from {r.path}; use "
+                                      "another --out for other start images")
+            merged.update({r.id: r for r in records})  # labels follow the latest scan
+            records = [merged[i] for i in sorted(merged)]
+        atomic_write(images_path, records_to_json(records))
+        atomic_write(path, json.dumps(meta, indent=1))
     return meta, records
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def ddpm_settings(sampler: RespacedDDPM) -> dict:
+    """The sampler's part of :data:`FB_SETTINGS` (weights fingerprint, respacing, dtype, device
+    kind)."""
+    return {"n_steps": sampler.schedule.n_steps, "image_size": sampler.image_size,
+            "channels": sampler.channels,
+            "timesteps": [int(t) for t in sampler.schedule.timesteps],
+            "variance_type": sampler.variance_type, "prediction_type": sampler.prediction_type,
+            "ddpm_fingerprint": sampler.fingerprint, "dtype": sampler.dtype_name,
+            "device_kind": sampler.device.type}
 
 
 def chunks(records: Sequence, size: int) -> list[tuple[int, list]]:
@@ -291,7 +334,9 @@ def run_forward_backward(
     atomically as soon as its batch finishes. A run folder holds one setting (N, seed, DDPM,
     image size; another is refused) and grows to the union of all images and ks asked for
     there. k = 0 is always included (it is the start image the
-    probe compares with). Returns timing over newly computed (image, k > 0) pairs:
+    probe compares with). The settings (:data:`FB_SETTINGS`: respacing, seed, the DDPM's weights
+    fingerprint, dtype, device kind) are recorded in ``fb/meta.json`` and must match to resume.
+    Returns timing over newly computed (image, k > 0) pairs:
     ``{"images", "seconds", "images_per_s", "unet_evals" (batched UNet calls), "image_steps"
     (sum of k over images, i.e. single-image denoising steps), "image_steps_per_s"}``.
     """
@@ -303,11 +348,10 @@ def run_forward_backward(
     ks = sorted({0, *(int(k) for k in ks)})
     for k in ks:
         sampler.schedule._check_k(k)
-    meta = {"n_steps": sampler.schedule.n_steps, "seed": int(seed), "ddpm": str(ddpm_name),
-            "image_size": sampler.image_size, "channels": sampler.channels, "ks": ks,
-            "timesteps": [int(t) for t in sampler.schedule.timesteps],
-            "variance_type": sampler.variance_type, "prediction_type": sampler.prediction_type}
-    meta, records = _merge_meta(out_dir, meta, records, write=shard_index == 0)
+    if int(batch_size) < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    meta = {**ddpm_settings(sampler), "seed": int(seed), "ddpm": str(ddpm_name), "ks": ks}
+    meta, records = _merge_meta(out_dir, meta, records)
     ks = meta["ks"]
     mine = shard(chunks(records, batch_size), shard_index, num_shards)
     todo = [(k, c, [r for r in rs if not fb_image_path(out_dir, k, r).exists()])
@@ -333,7 +377,8 @@ def run_forward_backward(
                     "n_steps": sampler.schedule.n_steps, "seed": int(seed),
                     "image_seed": image_seed(seed, r.id, k),
                     "t": sampler.schedule.timestep_for_k(k) if k > 0 else None,
-                    "ddpm": str(ddpm_name)}
+                    "ddpm": str(ddpm_name), "ddpm_fingerprint": meta["ddpm_fingerprint"],
+                    "dtype": meta["dtype"], "device_kind": meta["device_kind"]}
             save_png(xi, fb_image_path(out_dir, k, r), prov)
         bar.update(len(rs))
     bar.close()

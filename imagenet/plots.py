@@ -15,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hiergen._files import atomic_path
+from hiergen.models.errors import ConfigError
+
 
 def _plt():
     import matplotlib
@@ -85,7 +88,8 @@ def plot_grid(run_dir: str | os.PathLike, image_ids: Sequence[str], ks: Sequence
 
 def plot_fig2(ds, run_dir: str | os.PathLike, out_png: str | os.PathLike,
               n_grid_images: int = 4, n_grid_k: int = 6) -> Path:
-    """The three panels (grid, similarity, class change) into ``out_png``."""
+    """The three panels (grid, similarity, class change) into ``out_png`` (written atomically;
+    the format follows its suffix)."""
     plt = _plt()
     ks = [int(k) for k in ds["k"].values]
     pick_k = sorted({ks[int(round(i))] for i in np.linspace(0, len(ks) - 1, n_grid_k)})
@@ -101,7 +105,12 @@ def plot_fig2(ds, run_dir: str | os.PathLike, out_png: str | os.PathLike,
                       f", N = {ds.attrs.get('n_steps', '?')}", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
+    fmt = out_png.suffix.lstrip(".").lower() or "png"
+    try:
+        with atomic_path(out_png) as tmp:
+            fig.savefig(tmp, dpi=120, format=fmt)
+    except ValueError as exc:  # matplotlib: unknown format
+        raise ConfigError(f"{out_png}: cannot save a figure as {fmt!r} ({exc})") from exc
+    finally:
+        plt.close(fig)
     return out_png

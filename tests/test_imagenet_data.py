@@ -108,3 +108,53 @@ def test_shards(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert shard_from_env() == (1, 2)
     assert shard_from_env(0, 1) == (0, 1)
+
+
+def test_empty_class_folder_keeps_every_label(tmp_path):
+    # folders n0..n4, n2 empty: labels are the indices among *all* class folders
+    for c in range(5):
+        (tmp_path / f"n{c}").mkdir()
+        if c != 2:
+            _img(tmp_path / f"n{c}" / "a.png", value=c / 5)
+    recs = scan_images(tmp_path)
+    assert [(r.class_name, r.label) for r in recs] == [("n0", 0), ("n1", 1), ("n3", 3),
+                                                        ("n4", 4)]
+    # hidden folders are no classes
+    (tmp_path / ".cache").mkdir()
+    assert [r.label for r in scan_images(tmp_path)] == [0, 1, 3, 4]
+    # every class folder empty, or no folder and no image: a clear error
+    for c in (0, 1, 3, 4):
+        (tmp_path / f"n{c}" / "a.png").unlink()
+    with pytest.raises(ConfigError, match="no images found in its 5 class folders"):
+        scan_images(tmp_path)
+
+
+def test_classes_file_gives_the_label_order(tmp_path):
+    from hiergen.imagenet.data import read_classes_file
+
+    for name in ("cat", "dog"):
+        _img(tmp_path / "imgs" / name / "a.png")
+    (tmp_path / "classes.txt").write_text("# label order of the classifier\nbird\ndog\ncat\n")
+    classes = read_classes_file(tmp_path / "classes.txt")
+    assert classes == ["bird", "dog", "cat"]
+    recs = scan_images(tmp_path / "imgs", classes=classes)
+    assert {r.class_name: r.label for r in recs} == {"cat": 2, "dog": 1}
+    (tmp_path / "indexed.txt").write_text("cat 1\ndog 0\n")
+    assert read_classes_file(tmp_path / "indexed.txt") == ["dog", "cat"]
+    (tmp_path / "gap.txt").write_text("cat 1\ndog 5\n")
+    with pytest.raises(ConfigError, match="exactly once"):
+        read_classes_file(tmp_path / "gap.txt")
+    (tmp_path / "dup.txt").write_text("cat\ncat\n")
+    with pytest.raises(ConfigError, match="listed twice"):
+        read_classes_file(tmp_path / "dup.txt")
+    with pytest.raises(ConfigError, match="not among the given classes"):
+        scan_images(tmp_path / "imgs", classes=["bird", "dog"])
+
+
+def test_folder_path_that_is_a_file_and_bad_env(tmp_path, monkeypatch):
+    (tmp_path / "f.png").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not a folder"):
+        scan_images(tmp_path / "f.png")
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not an integer"):
+        shard_from_env()

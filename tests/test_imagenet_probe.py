@@ -193,7 +193,7 @@ def test_probe_run_on_tiny_forward_backward(tmp_path):
     assert ds.attrs["top5_accuracy"] == 1.0  # 3 classes: the top-5 always holds the label
     # resuming does nothing; the stored whitening statistics are reused
     assert run_probe(run, clf, batch_size=4, progress=False)["images"] == 0
-    with pytest.raises(ConfigError, match="chunk size"):
+    with pytest.raises(ConfigError, match="chunk_size: stored 4, now 3"):
         run_probe(run, clf, batch_size=3, progress=False)
     with pytest.raises(ConfigError, match="no forward-backward run"):
         run_probe(tmp_path / "elsewhere", clf, progress=False)
