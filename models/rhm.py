@@ -72,7 +72,7 @@ def check_rhm_size(v: int, n_classes: int, m: int, s: int, L: int) -> None:
     rule-table entries ``(n_classes + (L-1) v) m s`` at most ``MAX_RULE_ENTRIES``.
     """
     if L > MAX_DEPTH:
-        raise SizeLimitError(f"RHM depth L={L} exceeds the limit MAX_DEPTH={MAX_DEPTH:,}")
+        raise SizeLimitError(f"RHM depth L={format_count(L)} exceeds the limit MAX_DEPTH={MAX_DEPTH:,}")
     for name, value in (("v", v), ("n_classes", n_classes)):
         if value > MAX_VOCAB_SIZE:
             raise SizeLimitError(
