@@ -42,6 +42,7 @@ MAX_SAMPLE_BYTES = 8 * 2**30
 #: Largest exact count (in decimal digits) :meth:`Grammar.n_derivations` computes.
 MAX_EXACT_DIGITS = 100_000
 _CHUNK_ELEMENTS = 2**22  # temporaries of the rule draw in Grammar.sample
+_EXACT_TOL = 1e-13  # a probability sum this close to 1 is rounding error: no renormalisation
 
 
 def log10_int(n: int) -> float:
@@ -119,6 +120,13 @@ def _short(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
+def _renormalise(p: np.ndarray) -> np.ndarray:
+    """``p / p.sum()``, except when the sum is 1 up to rounding: then ``p`` unchanged, so that
+    re-reading a written grammar gives back the very same floats (idempotent)."""
+    total = p.sum()
+    return p.copy() if abs(total - 1.0) <= _EXACT_TOL else p / total
+
+
 def _check_probabilities(p: np.ndarray, what: str) -> np.ndarray:
     """Check finite, >= 0 and summing to 1 within PROB_TOL; return ``p`` renormalised."""
     if not np.all(np.isfinite(p)) or np.any(p < 0):
@@ -126,7 +134,7 @@ def _check_probabilities(p: np.ndarray, what: str) -> np.ndarray:
     total = math.fsum(p.tolist())
     if abs(total - 1.0) > PROB_TOL:
         raise GrammarError(f"{what} sum to {total:.10g}, not 1 (tolerance {PROB_TOL:g})")
-    return p / p.sum()
+    return _renormalise(p)
 
 
 def _check_size(value: Any, name: str, minimum: int = 1) -> int:
@@ -421,10 +429,14 @@ class Grammar:
         if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)) or not 0 <= cls < self.n_classes:
             raise GrammarError(f"class {cls!r} out of range 0..{self.n_classes - 1}")
 
-    def _describe_symbols(self, level: int, idx: Sequence[int]) -> str:
+    def _describe_symbols(self, level: int, idx: Sequence[int], limit: int = 20) -> str:
+        """Names (or indices) of the symbols ``idx`` of ``level``, at most ``limit`` of them."""
+        shown = [int(i) for i in idx[:limit]]
         if self.symbol_names is not None:
-            return ", ".join(self.symbol_names[level][int(i)] for i in idx)
-        return ", ".join(str(int(i)) for i in idx)
+            text = ", ".join(self.symbol_names[level][i] for i in shown)
+        else:
+            text = ", ".join(str(i) for i in shown)
+        return text + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
 
     def __repr__(self) -> str:
         return (
@@ -680,7 +692,7 @@ def _root_prior(root_prior: Any, n_classes: int) -> np.ndarray:
     total = math.fsum(prior.tolist())
     if abs(total - 1.0) > PROB_TOL:
         raise GrammarError(f"root_prior must sum to 1 (tolerance {PROB_TOL:g}), sums to {total:.12g}")
-    return prior / prior.sum()
+    return _renormalise(prior)
 
 
 def _check_names(names: Sequence[Sequence[str]] | None, sizes: tuple[int, ...]) -> list[list[str]] | None:
@@ -866,4 +878,5 @@ def _probs_from_array(lev: int, probs: np.ndarray, counts: np.ndarray, m: int) -
             f"level {lev}, symbol {a}: rule probabilities sum to {total[a]:.10g}, not 1 "
             f"(tolerance {PROB_TOL:g})"
         )
-    return p / total[:, None]
+    near = np.abs(total - 1.0) <= _EXACT_TOL  # already normalised up to rounding: keep as given
+    return np.where(near[:, None], p, p / total[:, None])

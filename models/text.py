@@ -489,7 +489,9 @@ def _check_reachable(grammar: Grammar, levels: list[_Level]) -> None:
     for li, idx in enumerate(grammar.unreachable_symbols()):
         if len(idx):
             t = levels[li].names[int(idx[0])]
-            all_names = ", ".join(names[li][int(i)] for i in idx)
+            all_names = ", ".join(names[li][int(i)] for i in idx[:20])
+            if len(idx) > 20:
+                all_names += f", ... ({len(idx)} in all)"
             raise GrammarSyntaxError(
                 f"unreachable symbol(s) at level {li}: {all_names} (no rule of a reachable parent "
                 "produces them); remove them or add 'allow_unreachable: true' before 'level 0:'",
