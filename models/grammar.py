@@ -210,42 +210,8 @@ class Grammar:
         symbol_names: Sequence[Sequence[str]] | None = None,
         allow_unreachable: bool = False,
     ) -> None:
-        if isinstance(vocab_sizes, (int, np.integer)) or not isinstance(
-            vocab_sizes, (Sequence, np.ndarray)
-        ):
-            raise GrammarError(
-                f"vocab_sizes must be a sequence of L+1 integers (root first), got {vocab_sizes!r}"
-            )
-        sizes = tuple(_check_size(v, f"vocab_sizes[{i}]") for i, v in enumerate(vocab_sizes))
-        for i, v in enumerate(sizes):
-            if v > MAX_VOCAB_SIZE:
-                raise SizeLimitError(
-                    f"vocab_sizes[{i}] = {format_count(v)} exceeds the limit of {MAX_VOCAB_SIZE:,} "
-                    "symbols per level (hiergen.models.grammar.MAX_VOCAB_SIZE)"
-                )
-        if len(sizes) < 2:
-            raise GrammarError(
-                f"a grammar needs at least two levels (root and leaves): vocab_sizes={sizes}"
-            )
-        depth = len(sizes) - 1
-        if isinstance(branching, (int, np.integer)) and not isinstance(branching, bool):
-            branch = (_check_size(branching, "branching"),) * depth
-        else:
-            if not isinstance(branching, (Sequence, np.ndarray)) or len(branching) != depth:
-                raise GrammarError(
-                    f"branching must be an int or a sequence of L={depth} ints, got {branching!r}"
-                )
-            branch = tuple(_check_size(s, f"branching[{i}]") for i, s in enumerate(branching))
-        if not isinstance(rules, (Sequence, np.ndarray)) or len(rules) != depth:
-            raise GrammarError(
-                f"rules must have one entry per level 0..L-1 (L={depth}), got "
-                f"{len(rules) if isinstance(rules, (Sequence, np.ndarray)) else type(rules).__name__}"
-            )
-        if rule_probs is not None and (
-            not isinstance(rule_probs, (Sequence, np.ndarray)) or len(rule_probs) != depth
-        ):
-            raise GrammarError(f"rule_probs must be None or have one entry per level (L={depth})")
-
+        sizes, branch = _check_shape_args(vocab_sizes, branching, rules, rule_probs)
+        depth = len(branch)
         self._vocab_sizes = sizes
         self._branching = branch
         children: list[np.ndarray] = []
@@ -667,6 +633,51 @@ class Grammar:
         from hiergen.models.pgmpy_view import grammar_to_pgmpy
 
         return grammar_to_pgmpy(self, max_table_size=max_table_size)
+
+
+def _check_shape_args(
+    vocab_sizes: Any, branching: Any, rules: Any, rule_probs: Any
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate the sizes and the number of levels of the constructor arguments.
+
+    Returns ``(vocab_sizes, branching)`` as tuples of ints (``L+1`` and ``L`` entries).
+    """
+    if isinstance(vocab_sizes, (int, np.integer)) or not isinstance(
+        vocab_sizes, (Sequence, np.ndarray)
+    ):
+        raise GrammarError(
+            f"vocab_sizes must be a sequence of L+1 integers (root first), got {vocab_sizes!r}"
+        )
+    sizes = tuple(_check_size(v, f"vocab_sizes[{i}]") for i, v in enumerate(vocab_sizes))
+    for i, v in enumerate(sizes):
+        if v > MAX_VOCAB_SIZE:
+            raise SizeLimitError(
+                f"vocab_sizes[{i}] = {format_count(v)} exceeds the limit of {MAX_VOCAB_SIZE:,} "
+                "symbols per level (hiergen.models.grammar.MAX_VOCAB_SIZE)"
+            )
+    if len(sizes) < 2:
+        raise GrammarError(
+            f"a grammar needs at least two levels (root and leaves): vocab_sizes={sizes}"
+        )
+    depth = len(sizes) - 1
+    if isinstance(branching, (int, np.integer)) and not isinstance(branching, bool):
+        branch = (_check_size(branching, "branching"),) * depth
+    else:
+        if not isinstance(branching, (Sequence, np.ndarray)) or len(branching) != depth:
+            raise GrammarError(
+                f"branching must be an int or a sequence of L={depth} ints, got {branching!r}"
+            )
+        branch = tuple(_check_size(s, f"branching[{i}]") for i, s in enumerate(branching))
+    if not isinstance(rules, (Sequence, np.ndarray)) or len(rules) != depth:
+        raise GrammarError(
+            f"rules must have one entry per level 0..L-1 (L={depth}), got "
+            f"{len(rules) if isinstance(rules, (Sequence, np.ndarray)) else type(rules).__name__}"
+        )
+    if rule_probs is not None and (
+        not isinstance(rule_probs, (Sequence, np.ndarray)) or len(rule_probs) != depth
+    ):
+        raise GrammarError(f"rule_probs must be None or have one entry per level (L={depth})")
+    return sizes, branch
 
 
 def _log10_sum(x: np.ndarray, axis: int) -> np.ndarray:
