@@ -68,9 +68,9 @@ def format_count(n: int) -> str:
             exp += 1
         elif n < 10**exp:
             exp -= 1
-        mant = n / 10**exp if exp < 300 else 10 ** (x - exp)
+        mant = n / 10**exp  # exact int division, correctly rounded
         return f"{_mantissa(mant, exp)} (exact: {exp + 1:,} digits)"
-    return f"{_mantissa(10 ** (x - exp), exp)} (exact: about {exp + 1:,} digits)"
+    return f"{_mantissa(10 ** (x - exp), exp)} (about {exp + 1:,} digits)"
 
 
 def format_log10_count(x: float) -> str:
