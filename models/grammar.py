@@ -30,7 +30,111 @@ import numpy as np
 
 from hiergen.models.errors import GrammarError, SizeLimitError
 
-_PROB_TOL = 1e-8
+#: Tolerance on ``|sum - 1|`` for the root prior and every symbol's rule probabilities;
+#: within it the probabilities are renormalised, beyond it GrammarError.
+PROB_TOL = 1e-6
+#: Largest alphabet of a level (symbols are dense indices into tables of this size).
+MAX_VOCAB_SIZE = 2**24
+#: Largest padded rule table ``v_l * m_l * s_l`` of one level (int64 entries).
+MAX_RULE_ENTRIES = 50_000_000
+#: Default memory limit of :meth:`Grammar.sample` (bytes of the arrays it returns and uses).
+MAX_SAMPLE_BYTES = 8 * 2**30
+#: Largest exact count (in decimal digits) :meth:`Grammar.n_derivations` computes.
+MAX_EXACT_DIGITS = 100_000
+_CHUNK_ELEMENTS = 2**22  # temporaries of the rule draw in Grammar.sample
+_EXACT_TOL = 1e-13  # a probability sum this close to 1 is rounding error: no renormalisation
+
+
+def log10_int(n: int) -> float:
+    """``log10(n)`` of a (possibly huge) positive Python int, as a float."""
+    return math.log10(n)
+
+
+def format_count(n: int) -> str:
+    """A readable exact count: plain digits up to 15 digits, else ``2.3e+230 (exact: 231 digits)``.
+
+    Never converts a huge int to a decimal string (which is slow, and refused by Python above
+    4300 digits).
+    """
+    n = int(n)
+    if n < 0:
+        return "-" + format_count(-n)
+    if n < 10**15:
+        return str(n)
+    x = log10_int(n)
+    exp = math.floor(x)
+    if n.bit_length() < 200_000:  # exact digit count, cheap at this size
+        if n >= 10 ** (exp + 1):
+            exp += 1
+        elif n < 10**exp:
+            exp -= 1
+        mant = n / 10**exp  # exact int division, correctly rounded
+        return f"{_mantissa(mant, exp)} (exact: {exp + 1:,} digits)"
+    return f"{_mantissa(10 ** (x - exp), exp)} (about {exp + 1:,} digits)"
+
+
+def format_log10_count(x: float) -> str:
+    """A readable count given only its ``log10``, e.g. ``9.9e+992914257000 (about ... digits)``."""
+    x = float(x)
+    if not math.isfinite(x):
+        return "more than 10^(1.8e+308)" if x > 0 else "0"
+    if x < 15:
+        return str(round(10**x))
+    exp = math.floor(x)
+    if x < 1e13:
+        return f"{_mantissa(10 ** (x - exp), exp)} (about {exp + 1:,} digits)"
+    return f"10^{x:.6g} (about {x:.4g} digits)"
+
+
+def _mantissa(mant: float, exp: int) -> str:
+    mant = round(mant, 1)
+    if mant >= 10:
+        mant, exp = mant / 10, exp + 1
+    return f"{mant:.1f}e+{exp}"
+
+
+def _float_vector(value: Any, what: str) -> np.ndarray:
+    """``value`` as a 1-d float64 array; GrammarError unless it is a sequence of real numbers.
+
+    Strict: strings, bools, None and nested containers are refused (no silent conversion).
+    """
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iuf" or value.ndim != 1:
+            raise GrammarError(
+                f"{what} must be a 1-d array of real numbers, got dtype {value.dtype} shape {value.shape}"
+            )
+        return value.astype(np.float64)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise GrammarError(f"{what} must be a list of numbers, got {_short(value)}")
+    for i, x in enumerate(value):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+            raise GrammarError(f"{what}[{i}] must be a number, got {_short(x)}")
+    return np.array([float(x) for x in value], dtype=np.float64)
+
+
+def _short(value: Any) -> str:
+    """repr of ``value`` for an error message, cut to 60 characters, with its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _renormalise(p: np.ndarray) -> np.ndarray:
+    """``p / p.sum()``, except when the sum is 1 up to rounding: then ``p`` unchanged, so that
+    re-reading a written grammar gives back the very same floats (idempotent)."""
+    total = p.sum()
+    return p.copy() if abs(total - 1.0) <= _EXACT_TOL else p / total
+
+
+def _check_probabilities(p: np.ndarray, what: str) -> np.ndarray:
+    """Check finite, >= 0 and summing to 1 within PROB_TOL; return ``p`` renormalised."""
+    if not np.all(np.isfinite(p)) or np.any(p < 0):
+        raise GrammarError(f"{what} {p.tolist()[:20]} must be finite and >= 0")
+    total = math.fsum(p.tolist())
+    if abs(total - 1.0) > PROB_TOL:
+        raise GrammarError(f"{what} sum to {total:.10g}, not 1 (tolerance {PROB_TOL:g})")
+    return _renormalise(p)
 
 
 def _check_size(value: Any, name: str, minimum: int = 1) -> int:
@@ -106,36 +210,8 @@ class Grammar:
         symbol_names: Sequence[Sequence[str]] | None = None,
         allow_unreachable: bool = False,
     ) -> None:
-        if isinstance(vocab_sizes, (int, np.integer)) or not isinstance(
-            vocab_sizes, (Sequence, np.ndarray)
-        ):
-            raise GrammarError(
-                f"vocab_sizes must be a sequence of L+1 integers (root first), got {vocab_sizes!r}"
-            )
-        sizes = tuple(_check_size(v, f"vocab_sizes[{i}]") for i, v in enumerate(vocab_sizes))
-        if len(sizes) < 2:
-            raise GrammarError(
-                f"a grammar needs at least two levels (root and leaves): vocab_sizes={sizes}"
-            )
-        depth = len(sizes) - 1
-        if isinstance(branching, (int, np.integer)) and not isinstance(branching, bool):
-            branch = (_check_size(branching, "branching"),) * depth
-        else:
-            if not isinstance(branching, (Sequence, np.ndarray)) or len(branching) != depth:
-                raise GrammarError(
-                    f"branching must be an int or a sequence of L={depth} ints, got {branching!r}"
-                )
-            branch = tuple(_check_size(s, f"branching[{i}]") for i, s in enumerate(branching))
-        if not isinstance(rules, (Sequence, np.ndarray)) or len(rules) != depth:
-            raise GrammarError(
-                f"rules must have one entry per level 0..L-1 (L={depth}), got "
-                f"{len(rules) if isinstance(rules, (Sequence, np.ndarray)) else type(rules).__name__}"
-            )
-        if rule_probs is not None and (
-            not isinstance(rule_probs, (Sequence, np.ndarray)) or len(rule_probs) != depth
-        ):
-            raise GrammarError(f"rule_probs must be None or have one entry per level (L={depth})")
-
+        sizes, branch = _check_shape_args(vocab_sizes, branching, rules, rule_probs)
+        depth = len(branch)
         self._vocab_sizes = sizes
         self._branching = branch
         children: list[np.ndarray] = []
@@ -155,19 +231,7 @@ class Grammar:
         for arr in (*children, *probs, *counts):
             arr.setflags(write=False)
 
-        if root_prior is None:
-            prior = np.full(sizes[0], 1.0 / sizes[0])
-        else:
-            prior = np.asarray(root_prior, dtype=np.float64)
-            if prior.shape != (sizes[0],):
-                raise GrammarError(
-                    f"root_prior must have shape ({sizes[0]},) (one entry per class), got {prior.shape}"
-                )
-            if not np.all(np.isfinite(prior)) or np.any(prior < 0):
-                raise GrammarError("root_prior has negative or non-finite entries")
-            if abs(prior.sum() - 1.0) > _PROB_TOL * max(1, sizes[0]):
-                raise GrammarError(f"root_prior must sum to 1, sums to {prior.sum():.12g}")
-            prior = prior / prior.sum()
+        prior = _root_prior(root_prior, sizes[0])
         prior.setflags(write=False)
         self.root_prior: np.ndarray = prior
 
@@ -268,15 +332,10 @@ class Grammar:
         Then every datum has exactly one derivation: the leaves determine the whole tree.
         """
         for lev in range(self.L):
-            seen: set[tuple[int, ...]] = set()
-            for a in range(self._vocab_sizes[lev]):
-                for r in range(int(self.n_rules[lev][a])):
-                    if self.probs[lev][a, r] <= 0:
-                        continue
-                    t = tuple(int(c) for c in self.children[lev][a, r])
-                    if t in seen:
-                        return False
-                    seen.add(t)
+            live = (self.probs[lev] > 0) & self.rule_mask[lev]  # (v_l, m_l)
+            tuples = self.children[lev][live]  # (K, s_l)
+            if len(np.unique(tuples, axis=0)) != len(tuples):
+                return False
         return True
 
     def unreachable_symbols(self) -> list[np.ndarray]:
@@ -289,12 +348,35 @@ class Grammar:
             reach.append(nxt)
         return [np.flatnonzero(~r) for r in reach]
 
-    def n_derivations(self, cls: int | None = None) -> int:
+    def log10_n_derivations(self, cls: int | None = None) -> float:
+        """``log10`` of :meth:`n_derivations`, computed in floating point (never huge ints).
+
+        Fast for any depth; ``inf`` only beyond ``10**(1.8e308)``.
+        """
+        logc = np.zeros(self._vocab_sizes[self.L])  # log10 count of each symbol's subtrees
+        for lev in reversed(range(self.L)):
+            per_rule = logc[self.children[lev]].sum(axis=-1)  # (v_l, m_l)
+            live = (self.probs[lev] > 0) & self.rule_mask[lev]
+            logc = _log10_sum(np.where(live, per_rule, -np.inf), axis=1)
+        if cls is not None:
+            self._check_class(cls)
+            return float(logc[cls])
+        return float(_log10_sum(np.where(self.root_prior > 0, logc, -np.inf), axis=0))
+
+    def n_derivations(self, cls: int | None = None, max_digits: int = MAX_EXACT_DIGITS) -> int:
         """Exact number of distinct latent trees (derivations) with positive probability.
 
         For an unambiguous grammar this is the number of distinct data. ``cls`` restricts
-        to one class; ``None`` sums over classes with positive prior.
+        to one class; ``None`` sums over classes with positive prior. Raises SizeLimitError
+        when the count has more than ``max_digits`` decimal digits (use
+        :meth:`log10_n_derivations`, or :func:`format_count` to print it).
         """
+        log10 = self.log10_n_derivations(cls)
+        if log10 >= max_digits:
+            raise SizeLimitError(
+                f"the number of derivations is about {format_log10_count(log10)}, more than "
+                f"max_digits={max_digits:,} digits; use log10_n_derivations()"
+            )
         counts = [1] * self._vocab_sizes[self.L]
         for lev in reversed(range(self.L)):
             new = []
@@ -306,15 +388,21 @@ class Grammar:
                 new.append(tot)
             counts = new
         if cls is not None:
-            if not 0 <= cls < self.n_classes:
-                raise GrammarError(f"class {cls} out of range 0..{self.n_classes - 1}")
             return counts[cls]
         return sum(c for c, p in zip(counts, self.root_prior) if p > 0)
 
-    def _describe_symbols(self, level: int, idx: Sequence[int]) -> str:
+    def _check_class(self, cls: Any) -> None:
+        if isinstance(cls, bool) or not isinstance(cls, (int, np.integer)) or not 0 <= cls < self.n_classes:
+            raise GrammarError(f"class {cls!r} out of range 0..{self.n_classes - 1}")
+
+    def _describe_symbols(self, level: int, idx: Sequence[int], limit: int = 20) -> str:
+        """Names (or indices) of the symbols ``idx`` of ``level``, at most ``limit`` of them."""
+        shown = [int(i) for i in idx[:limit]]
         if self.symbol_names is not None:
-            return ", ".join(self.symbol_names[level][int(i)] for i in idx)
-        return ", ".join(str(int(i)) for i in idx)
+            text = ", ".join(self.symbol_names[level][i] for i in shown)
+        else:
+            text = ", ".join(str(i) for i in shown)
+        return text + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
 
     def __repr__(self) -> str:
         return (
@@ -343,12 +431,31 @@ class Grammar:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def _with_options(self, symbol_names: Sequence[Sequence[str]] | None, allow_unreachable: bool) -> Grammar:
+        """A copy sharing the (read-only) rule arrays, with other names / allow_unreachable.
+
+        The caller guarantees that ``allow_unreachable=False`` holds (no unreachable symbol).
+        """
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.symbol_names = _check_names(symbol_names, self._vocab_sizes)
+        new.allow_unreachable = bool(allow_unreachable)
+        return new
+
     # ------------------------------------------------------------------ sampling
+    def sample_nbytes(self, n: int) -> int:
+        """Bytes :meth:`sample` needs for ``n`` data (exact int; returned arrays included)."""
+        internal = sum(self.n_nodes(lev) for lev in range(self.L))
+        widest = max(self.n_nodes(lev) for lev in range(self.L + 1))
+        # symbols (all levels) + rules (internal levels) + uniforms and reshape copy per level
+        return 8 * int(n) * (2 * internal + self.d + 2 * widest) + 24 * _CHUNK_ELEMENTS
+
     def sample(
         self,
         n: int,
         seed: int | np.random.Generator | None = 0,
         classes: int | Sequence[int] | np.ndarray | None = None,
+        max_bytes: int = MAX_SAMPLE_BYTES,
     ) -> TreeSample:
         """Draw ``n`` data with their latent trees.
 
@@ -358,12 +465,21 @@ class Grammar:
         seed : int or ``numpy.random.Generator``; the same seed gives the same samples.
         classes : None (class drawn from ``root_prior``), an int (all samples of that class)
             or an ``(n,)`` int array (class-conditional sampling).
+        max_bytes : memory limit; when :meth:`sample_nbytes` exceeds it, SizeLimitError is
+            raised before anything is allocated.
 
         Returns
         -------
         TreeSample with ``leaves (n, d)``, ``symbols`` per level ``(n, n_l)`` and ``rules``.
         """
         n = _check_size(n, "n", minimum=0)
+        need = self.sample_nbytes(n)
+        if need > max_bytes:
+            raise SizeLimitError(
+                f"sampling n={n} data of d={format_count(self.d)} leaves (L={self.L}) would need about "
+                f"{format_count(need)} bytes, more than max_bytes={format_count(int(max_bytes))}; "
+                "use a smaller n or a smaller grammar"
+            )
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         if classes is None:
             root = rng.choice(self.n_classes, size=n, p=self.root_prior)
@@ -378,18 +494,39 @@ class Grammar:
         rules = []
         for lev in range(self.L):
             parent = symbols[-1]  # (n, n_l)
-            cdf = np.cumsum(self.probs[lev][parent], axis=-1)  # (n, n_l, m)
-            u = rng.random(parent.shape + (1,))
-            r = np.minimum((u * cdf[..., -1:] > cdf).sum(-1), self.n_rules[lev][parent] - 1)
+            u = rng.random(parent.shape + (1,))  # (n, n_l, 1)
+            r = self._draw_rules(lev, parent, u)
             child = self.children[lev][parent, r]  # (n, n_l, s)
-            rules.append(r.astype(np.int64))
+            rules.append(r)
             symbols.append(child.reshape(n, -1).astype(np.int64))
         return TreeSample(leaves=symbols[-1], symbols=symbols, rules=rules)
+
+    def _draw_rules(self, lev: int, parent: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Rule index ``(n, n_l)`` of every node given its symbol ``parent`` and uniform ``u``.
+
+        Works on chunks of samples so the ``(chunk, n_l, m)`` temporaries stay small.
+        """
+        cdf_table = np.cumsum(self.probs[lev], axis=-1)  # (v_l, m)
+        n, width = parent.shape
+        m = cdf_table.shape[1]
+        step = max(1, _CHUNK_ELEMENTS // max(1, width * m))
+        r = np.empty((n, width), dtype=np.int64)
+        for i in range(0, n, step):
+            cdf = cdf_table[parent[i : i + step]]  # (k, n_l, m)
+            hit = (u[i : i + step] * cdf[..., -1:] > cdf).sum(-1)
+            r[i : i + step] = np.minimum(hit, self.n_rules[lev][parent[i : i + step]] - 1)
+        return r
 
     def one_hot(self, leaves: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
         """One-hot encode leaves ``(..., d)`` into ``(..., d, v_L)``."""
         leaves = np.asarray(leaves)
         v = self._vocab_sizes[-1]
+        size = leaves.size * v * np.dtype(dtype).itemsize
+        if size > MAX_SAMPLE_BYTES:
+            raise SizeLimitError(
+                f"one-hot encoding {leaves.shape} leaves with v_L={v} would take {format_count(size)} "
+                f"bytes (> {format_count(MAX_SAMPLE_BYTES)})"
+            )
         if leaves.size and (leaves.min() < 0 or leaves.max() >= v):
             raise GrammarError(f"leaf symbols must be in 0..{v - 1}")
         return np.eye(v, dtype=dtype)[leaves]
@@ -402,10 +539,14 @@ class Grammar:
         same leaves may appear in several rows (sum them to get ``p(leaves)``).
         Raises SizeLimitError when there would be more than ``max_count`` rows.
         """
-        total = self.n_derivations(cls)
-        if total > max_count:
+        if cls is not None:
+            self._check_class(cls)
+        log10 = self.log10_n_derivations(cls)
+        total = self.n_derivations(cls) if log10 < 30 else None
+        if total is None or total > max_count:
+            total_text = format_log10_count(log10) if total is None else str(total)
             raise SizeLimitError(
-                f"enumeration would produce {total} derivations (> max_count={max_count})"
+                f"enumeration would produce {total_text} derivations (> max_count={max_count})"
             )
         # expansions[a] at current level: list of (leaf tuple, prob)
         table: list[list[tuple[tuple[int, ...], float]]] = [
@@ -494,6 +635,77 @@ class Grammar:
         return grammar_to_pgmpy(self, max_table_size=max_table_size)
 
 
+def _check_shape_args(
+    vocab_sizes: Any, branching: Any, rules: Any, rule_probs: Any
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Validate the sizes and the number of levels of the constructor arguments.
+
+    Returns ``(vocab_sizes, branching)`` as tuples of ints (``L+1`` and ``L`` entries).
+    """
+    if isinstance(vocab_sizes, (int, np.integer)) or not isinstance(
+        vocab_sizes, (Sequence, np.ndarray)
+    ):
+        raise GrammarError(
+            f"vocab_sizes must be a sequence of L+1 integers (root first), got {vocab_sizes!r}"
+        )
+    sizes = tuple(_check_size(v, f"vocab_sizes[{i}]") for i, v in enumerate(vocab_sizes))
+    for i, v in enumerate(sizes):
+        if v > MAX_VOCAB_SIZE:
+            raise SizeLimitError(
+                f"vocab_sizes[{i}] = {format_count(v)} exceeds the limit of {MAX_VOCAB_SIZE:,} "
+                "symbols per level (hiergen.models.grammar.MAX_VOCAB_SIZE)"
+            )
+    if len(sizes) < 2:
+        raise GrammarError(
+            f"a grammar needs at least two levels (root and leaves): vocab_sizes={sizes}"
+        )
+    depth = len(sizes) - 1
+    if isinstance(branching, (int, np.integer)) and not isinstance(branching, bool):
+        branch = (_check_size(branching, "branching"),) * depth
+    else:
+        if not isinstance(branching, (Sequence, np.ndarray)) or len(branching) != depth:
+            raise GrammarError(
+                f"branching must be an int or a sequence of L={depth} ints, got {branching!r}"
+            )
+        branch = tuple(_check_size(s, f"branching[{i}]") for i, s in enumerate(branching))
+    if not isinstance(rules, (Sequence, np.ndarray)) or len(rules) != depth:
+        raise GrammarError(
+            f"rules must have one entry per level 0..L-1 (L={depth}), got "
+            f"{len(rules) if isinstance(rules, (Sequence, np.ndarray)) else type(rules).__name__}"
+        )
+    if rule_probs is not None and (
+        not isinstance(rule_probs, (Sequence, np.ndarray)) or len(rule_probs) != depth
+    ):
+        raise GrammarError(f"rule_probs must be None or have one entry per level (L={depth})")
+    return sizes, branch
+
+
+def _log10_sum(x: np.ndarray, axis: int) -> np.ndarray:
+    """``log10(sum(10**x))`` along ``axis``, stable; ``-inf`` entries are zeros."""
+    top = np.max(x, axis=axis, keepdims=True)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log10(np.sum(10.0 ** (x - safe), axis=axis, keepdims=True)) + safe
+    return np.squeeze(out, axis=axis)
+
+
+def _root_prior(root_prior: Any, n_classes: int) -> np.ndarray:
+    """The validated ``(v_0,)`` root prior (uniform for None)."""
+    if root_prior is None:
+        return np.full(n_classes, 1.0 / n_classes)
+    prior = _float_vector(root_prior, "root_prior")
+    if prior.shape != (n_classes,):
+        raise GrammarError(
+            f"root_prior must have shape ({n_classes},) (one entry per class), got {prior.shape}"
+        )
+    if not np.all(np.isfinite(prior)) or np.any(prior < 0):
+        raise GrammarError(f"root_prior has negative or non-finite entries: {prior.tolist()[:20]}")
+    total = math.fsum(prior.tolist())
+    if abs(total - 1.0) > PROB_TOL:
+        raise GrammarError(f"root_prior must sum to 1 (tolerance {PROB_TOL:g}), sums to {total:.12g}")
+    return _renormalise(prior)
+
+
 def _check_names(names: Sequence[Sequence[str]] | None, sizes: tuple[int, ...]) -> list[list[str]] | None:
     if names is None:
         return None
@@ -516,94 +728,166 @@ def _check_names(names: Sequence[Sequence[str]] | None, sizes: tuple[int, ...]) 
 def _normalise_level(
     lev: int, rules: Any, probs: Any, v_parent: int, v_child: int, s: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate one level's rules and return padded ``(children, probs, n_rules)``."""
-    ragged: list[list[tuple[int, ...]]]
-    if isinstance(rules, np.ndarray):
-        if rules.ndim != 3:
-            raise GrammarError(
-                f"rules of level {lev} must be an array (v_{lev}, m, s_{lev}) = ({v_parent}, m, {s}),"
-                f" got shape {rules.shape}"
-            )
-        if not np.issubdtype(rules.dtype, np.integer):
-            raise GrammarError(f"rules of level {lev} must be integers, got dtype {rules.dtype}")
-        if rules.shape[0] != v_parent:
-            raise GrammarError(
-                f"rules of level {lev} have {rules.shape[0]} parent symbols, level {lev} has {v_parent}"
-            )
-        if rules.shape[2] != s:
-            raise GrammarError(
-                f"rules of level {lev} produce tuples of length {rules.shape[2]}, branching s_{lev} = {s}"
-            )
-        ragged = [[tuple(int(c) for c in t) for t in rules[a]] for a in range(v_parent)]
-    else:
-        if not isinstance(rules, Sequence) or len(rules) != v_parent:
-            raise GrammarError(
-                f"rules of level {lev} must list the rules of each of its {v_parent} symbols"
-            )
-        ragged = []
-        for a, lst in enumerate(rules):
-            if not isinstance(lst, (Sequence, np.ndarray)):
-                raise GrammarError(f"level {lev}, symbol {a}: rules must be a list of tuples")
-            row = []
-            for r, t in enumerate(lst):
-                if isinstance(t, (int, np.integer)) or not isinstance(t, (Sequence, np.ndarray)):
-                    raise GrammarError(f"level {lev}, symbol {a}, rule {r}: expected a tuple of {s} symbols, got {t!r}")
-                if len(t) != s:
-                    raise GrammarError(
-                        f"level {lev}, symbol {a}, rule {r}: tuple {tuple(t)} has length {len(t)},"
-                        f" branching s_{lev} = {s}"
-                    )
-                tt = []
-                for c in t:
-                    if isinstance(c, bool) or not isinstance(c, (int, np.integer)):
-                        raise GrammarError(f"level {lev}, symbol {a}, rule {r}: symbol {c!r} is not an integer")
-                    tt.append(int(c))
-                row.append(tuple(tt))
-            ragged.append(row)
+    """Validate one level's rules and return padded ``(children, probs, n_rules)``.
 
-    for a, row in enumerate(ragged):
+    ``children`` is int64 ``(v_parent, m, s)``, ``probs`` float64 ``(v_parent, m)`` and
+    ``n_rules`` int64 ``(v_parent,)``, with ``m`` the largest number of rules of a symbol.
+    """
+    if isinstance(rules, np.ndarray):
+        children = _rules_from_array(lev, rules, v_parent, v_child, s)
+        counts = np.full(v_parent, children.shape[1], dtype=np.int64)
+    else:
+        children, counts = _rules_from_lists(lev, rules, v_parent, v_child, s)
+    m = children.shape[1]
+    mask = np.arange(m)[None, :] < counts[:, None]  # (v_parent, m)
+    if probs is None:
+        prob = np.where(mask, 1.0 / counts[:, None], 0.0)
+    elif isinstance(probs, np.ndarray) and probs.ndim == 2:
+        prob = _probs_from_array(lev, probs, counts, m)
+    else:
+        if isinstance(probs, (str, bytes)) or not isinstance(probs, (Sequence, np.ndarray)) or len(
+            probs
+        ) != v_parent:
+            raise GrammarError(
+                f"rule_probs of level {lev} must give probabilities for each of its {v_parent} symbols"
+            )
+        prob = np.zeros((v_parent, m), dtype=np.float64)
+        for a, p in enumerate(probs):
+            what = f"level {lev}, symbol {a}: rule probabilities"
+            p = np.atleast_1d(p) if isinstance(p, np.ndarray) else p
+            if isinstance(p, (int, float, np.integer, np.floating)) and not isinstance(p, bool):
+                p = [p]
+            vec = _float_vector(p, what)
+            if vec.shape != (counts[a],):
+                raise GrammarError(f"level {lev}, symbol {a}: {vec.size} probabilities for {counts[a]} rules")
+            prob[a, : counts[a]] = _check_probabilities(vec, what)
+    return children, prob, counts
+
+
+def _check_table_size(lev: int, v_parent: int, m: int, s: int) -> None:
+    """SizeLimitError when the padded rule table of a level would be too large."""
+    size = v_parent * m * s
+    if size > MAX_RULE_ENTRIES:
+        raise SizeLimitError(
+            f"the rule table of level {lev} would hold v_{lev} * m * s_{lev} = {v_parent} * {m} * {s}"
+            f" = {format_count(size)} entries (> MAX_RULE_ENTRIES = {MAX_RULE_ENTRIES:,}; "
+            "m is the largest number of rules of a symbol)"
+        )
+
+
+def _rules_from_array(lev: int, rules: np.ndarray, v_parent: int, v_child: int, s: int) -> np.ndarray:
+    """Validate an int array ``(v_parent, m, s)`` of rules (vectorised); returns an int64 copy."""
+    if rules.ndim != 3:
+        raise GrammarError(
+            f"rules of level {lev} must be an array (v_{lev}, m, s_{lev}) = ({v_parent}, m, {s}),"
+            f" got shape {rules.shape}"
+        )
+    if not np.issubdtype(rules.dtype, np.integer):
+        raise GrammarError(f"rules of level {lev} must be integers, got dtype {rules.dtype}")
+    if rules.shape[0] != v_parent:
+        raise GrammarError(
+            f"rules of level {lev} have {rules.shape[0]} parent symbols, level {lev} has {v_parent}"
+        )
+    if rules.shape[2] != s:
+        raise GrammarError(
+            f"rules of level {lev} produce tuples of length {rules.shape[2]}, branching s_{lev} = {s}"
+        )
+    if rules.shape[1] == 0:
+        raise GrammarError(f"level {lev}, symbol 0 has no production rules")
+    _check_table_size(lev, v_parent, rules.shape[1], s)
+    bad = (rules < 0) | (rules >= v_child)
+    if np.any(bad):
+        a, r, j = (int(x) for x in np.argwhere(bad)[0])
+        raise GrammarError(
+            f"level {lev}, symbol {a}, rule {r}: child symbol {int(rules[a, r, j])} out of range "
+            f"0..{v_child - 1}"
+        )
+    children = rules.astype(np.int64)
+    m = children.shape[1]
+    keys = np.concatenate([np.repeat(np.arange(v_parent), m)[:, None], children.reshape(-1, s)], axis=1)
+    uniq, first, counts = np.unique(keys, axis=0, return_index=True, return_counts=True)
+    if len(uniq) != len(keys):
+        k = int(first[np.flatnonzero(counts > 1)].min())
+        a = k // m
+        dup = tuple(int(c) for c in children[a, k % m])
+        raise GrammarError(f"level {lev}, symbol {a}: rule {dup} is listed twice")
+    return children
+
+
+def _rules_from_lists(
+    lev: int, rules: Any, v_parent: int, v_child: int, s: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ragged rules (per symbol, a list of ``s``-tuples); returns padded children, counts."""
+    if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence) or len(rules) != v_parent:
+        raise GrammarError(
+            f"rules of level {lev} must list the rules of each of its {v_parent} symbols"
+        )
+    ragged: list[list[tuple[int, ...]]] = []
+    for a, lst in enumerate(rules):
+        if isinstance(lst, (str, bytes)) or not isinstance(lst, (Sequence, np.ndarray)):
+            raise GrammarError(f"level {lev}, symbol {a}: rules must be a list of tuples")
+        row = []
+        for r, t in enumerate(lst):
+            row.append(_rule_tuple(lev, a, r, t, v_child, s))
         if len(row) == 0:
             raise GrammarError(f"level {lev}, symbol {a} has no production rules")
         if len(set(row)) != len(row):
-            dup = next(t for t in row if row.count(t) > 1)
+            seen: set[tuple[int, ...]] = set()
+            dup = next(t for t in row if t in seen or seen.add(t))  # type: ignore[func-returns-value]
             raise GrammarError(f"level {lev}, symbol {a}: rule {dup} is listed twice")
-        for r, t in enumerate(row):
-            for c in t:
-                if not 0 <= c < v_child:
-                    raise GrammarError(
-                        f"level {lev}, symbol {a}, rule {r}: child symbol {c} out of range 0..{v_child - 1}"
-                    )
-
-    m = max(len(row) for row in ragged)
-    children = np.zeros((v_parent, m, s), dtype=np.int64)
-    prob = np.zeros((v_parent, m), dtype=np.float64)
+        ragged.append(row)
     counts = np.array([len(row) for row in ragged], dtype=np.int64)
+    m = int(counts.max())
+    _check_table_size(lev, v_parent, m, s)
+    children = np.zeros((v_parent, m, s), dtype=np.int64)
     for a, row in enumerate(ragged):
         children[a, : len(row)] = np.asarray(row, dtype=np.int64).reshape(len(row), s)
+    return children, counts
 
-    if probs is None:
-        for a, row in enumerate(ragged):
-            prob[a, : len(row)] = 1.0 / len(row)
-    else:
-        if isinstance(probs, np.ndarray) and probs.ndim == 2:
-            if probs.shape[0] != v_parent or probs.shape[1] < m:
-                raise GrammarError(f"rule_probs of level {lev} must have shape ({v_parent}, {m}), got {probs.shape}")
-            rows = [list(probs[a, : len(ragged[a])]) for a in range(v_parent)]
-        else:
-            if not isinstance(probs, (Sequence, np.ndarray)) or len(probs) != v_parent:
-                raise GrammarError(f"rule_probs of level {lev} must give probabilities for each of its {v_parent} symbols")
-            rows = [list(np.atleast_1d(np.asarray(p, dtype=np.float64))) for p in probs]
-        for a, (row, p) in enumerate(zip(ragged, rows)):
-            p = np.asarray(p, dtype=np.float64)
-            if p.shape != (len(row),):
-                raise GrammarError(
-                    f"level {lev}, symbol {a}: {p.size} probabilities for {len(row)} rules"
-                )
-            if not np.all(np.isfinite(p)) or np.any(p < 0):
-                raise GrammarError(f"level {lev}, symbol {a}: rule probabilities {p.tolist()} must be finite and >= 0")
-            if abs(p.sum() - 1.0) > 1e-6:
-                raise GrammarError(
-                    f"level {lev}, symbol {a}: rule probabilities sum to {p.sum():.10g}, not 1"
-                )
-            prob[a, : len(row)] = p / p.sum()
-    return children, prob, counts
+
+def _rule_tuple(lev: int, a: int, r: int, t: Any, v_child: int, s: int) -> tuple[int, ...]:
+    """One rule of the ragged form, checked: an ``s``-tuple of ints in ``0..v_child-1``."""
+    if type(t) is tuple and len(t) == s and all(type(c) is int for c in t):  # fast path
+        if min(t) >= 0 and max(t) < v_child:
+            return t
+    where = f"level {lev}, symbol {a}, rule {r}"
+    if isinstance(t, (str, bytes)) or not isinstance(t, (Sequence, np.ndarray)):
+        raise GrammarError(f"{where}: expected a tuple of {s} symbols, got {_short(t)}")
+    if len(t) != s:
+        raise GrammarError(f"{where}: tuple {tuple(t)} has length {len(t)}, branching s_{lev} = {s}")
+    out = []
+    for c in t:
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+            raise GrammarError(f"{where}: symbol {c!r} is not an integer")
+        if not 0 <= c < v_child:
+            raise GrammarError(f"{where}: child symbol {c} out of range 0..{v_child - 1}")
+        out.append(int(c))
+    return tuple(out)
+
+
+def _probs_from_array(lev: int, probs: np.ndarray, counts: np.ndarray, m: int) -> np.ndarray:
+    """Validate a ``(v_parent, >= m)`` probability array (vectorised); returns ``(v_parent, m)``."""
+    v_parent = len(counts)
+    if probs.dtype.kind not in "iuf":
+        raise GrammarError(f"rule_probs of level {lev} must be real numbers, got dtype {probs.dtype}")
+    if probs.shape[0] != v_parent or probs.shape[1] < m:
+        raise GrammarError(f"rule_probs of level {lev} must have shape ({v_parent}, {m}), got {probs.shape}")
+    mask = np.arange(m)[None, :] < counts[:, None]
+    p = np.where(mask, probs[:, :m].astype(np.float64), 0.0)
+    bad = ~np.isfinite(p) | (p < 0)
+    if np.any(bad):
+        a = int(np.argwhere(bad)[0][0])
+        raise GrammarError(
+            f"level {lev}, symbol {a}: rule probabilities {p[a, : counts[a]].tolist()[:20]} must be "
+            "finite and >= 0"
+        )
+    total = p.sum(axis=1)
+    off = np.abs(total - 1.0) > PROB_TOL
+    if np.any(off):
+        a = int(np.flatnonzero(off)[0])
+        raise GrammarError(
+            f"level {lev}, symbol {a}: rule probabilities sum to {total[a]:.10g}, not 1 "
+            f"(tolerance {PROB_TOL:g})"
+        )
+    near = np.abs(total - 1.0) <= _EXACT_TOL  # already normalised up to rounding: keep as given
+    return np.where(near[:, None], p, p / total[:, None])

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-from hiergen.models.errors import GrammarError
-from hiergen.models.grammar import Grammar, _check_size
+from hiergen.models.errors import GrammarError, SizeLimitError
+from hiergen.models.grammar import (
+    MAX_EXACT_DIGITS,
+    MAX_RULE_ENTRIES,
+    MAX_VOCAB_SIZE,
+    Grammar,
+    _check_size,
+    format_count,
+    format_log10_count,
+)
+
+#: Largest RHM depth accepted (one rule table per level).
+MAX_DEPTH = 10_000
+_INT64_CODES = 2**62  # below this many tuples, codes are drawn with numpy's choice (int64)
 
 
 def random_rhm_rules(
@@ -22,13 +35,55 @@ def random_rhm_rules(
     Returns a list of ``L`` int64 arrays of shape ``(n_parent, m, s)``.
     """
     rules = []
-    powers = v ** np.arange(s - 1, -1, -1, dtype=np.int64)  # base-v digits, most significant first
+    n_tuples = v**s
     for lev in range(L):
         n_parent = n_classes if lev == 0 else v
-        codes = rng.choice(v**s, size=n_parent * m, replace=False)
-        tuples = (codes[:, None] // powers[None, :]) % v  # (n_parent*m, s)
+        if n_tuples < _INT64_CODES:
+            powers = v ** np.arange(s - 1, -1, -1, dtype=np.int64)  # base-v digits, most significant first
+            codes = rng.choice(n_tuples, size=n_parent * m, replace=False)
+            tuples = (codes[:, None] // powers[None, :]) % v  # (n_parent*m, s)
+        else:
+            tuples = _distinct_tuples(v, s, n_parent * m, rng)
         rules.append(tuples.reshape(n_parent, m, s).astype(np.int64))
     return rules
+
+
+def _distinct_tuples(v: int, s: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``k`` distinct ``s``-tuples of ``0..v-1``, uniform without replacement, ``(k, s)`` int64.
+
+    For ``v**s`` too large to number the tuples in int64: tuples are drawn digit by digit,
+    i.i.d. uniform, and repeats are dropped (keeping first occurrences, which is sampling
+    without replacement); with ``k << v**s`` repeats are rare and a few rounds suffice.
+    """
+    out = np.empty((0, s), dtype=np.int64)
+    while len(out) < k:
+        draw = rng.integers(0, v, size=(k - len(out), s), dtype=np.int64)
+        both = np.concatenate([out, draw])
+        _, first = np.unique(both, axis=0, return_index=True)
+        out = both[np.sort(first)]
+    return out
+
+
+def check_rhm_size(v: int, n_classes: int, m: int, s: int, L: int) -> None:
+    """SizeLimitError when an RHM's rule tables would be too large to build.
+
+    Checked with exact integer arithmetic before anything is allocated: depth ``L`` at most
+    ``MAX_DEPTH``, ``v`` and ``n_classes`` at most ``MAX_VOCAB_SIZE``, and the total number of
+    rule-table entries ``(n_classes + (L-1) v) m s`` at most ``MAX_RULE_ENTRIES``.
+    """
+    if L > MAX_DEPTH:
+        raise SizeLimitError(f"RHM depth L={format_count(L)} exceeds the limit MAX_DEPTH={MAX_DEPTH:,}")
+    for name, value in (("v", v), ("n_classes", n_classes)):
+        if value > MAX_VOCAB_SIZE:
+            raise SizeLimitError(
+                f"RHM {name}={format_count(value)} exceeds the limit of {MAX_VOCAB_SIZE:,} symbols per level"
+            )
+    entries = (n_classes + (L - 1) * v) * m * s
+    if entries > MAX_RULE_ENTRIES:
+        raise SizeLimitError(
+            f"the RHM rule tables would hold (n_classes + (L-1) v) m s = {format_count(entries)} "
+            f"entries (> MAX_RULE_ENTRIES = {MAX_RULE_ENTRIES:,})"
+        )
 
 
 class RHM(Grammar):
@@ -54,12 +109,13 @@ class RHM(Grammar):
         s = _check_size(s, "s")
         L = _check_size(L, "L")
         seed = _check_size(seed, "seed", minimum=0)
-        n_tuples = v**s
+        check_rhm_size(v, n_classes, m, s, L)
         for name, n_parent in (("n_classes", n_classes), ("v", v)):
-            if n_parent * m > n_tuples:
+            # n_parent * m <= MAX_RULE_ENTRIES, so compare logs before forming v**s exactly
+            if s * math.log2(v) < math.log2(n_parent * m) + 1 and n_parent * m > v**s:
                 raise GrammarError(
                     f"infeasible RHM: {name} * m = {n_parent} * {m} = {n_parent * m} rules needed "
-                    f"but only v**s = {v}**{s} = {n_tuples} distinct tuples exist"
+                    f"but only v**s = {v}**{s} = {v**s} distinct tuples exist"
                 )
         self.v, self.m, self.s, self.seed = v, m, s, seed
         rules = _rules if _rules is not None else random_rhm_rules(
@@ -91,8 +147,33 @@ class RHM(Grammar):
 
     @property
     def n_data_per_class(self) -> int:
-        """Exact number of distinct data of one class: ``m**((s**L - 1)/(s - 1))``."""
-        return self.m ** sum(self.s**k for k in range(self.L))
+        """Exact number of distinct data of one class: ``m**((s**L - 1)/(s - 1))``.
+
+        Raises SizeLimitError above ``MAX_EXACT_DIGITS`` decimal digits; see
+        :attr:`log10_n_data_per_class` for a float that always works.
+        """
+        log10 = self.log10_n_data_per_class
+        if log10 >= MAX_EXACT_DIGITS:
+            raise SizeLimitError(
+                f"n_data_per_class is {format_log10_count(log10)}, more than MAX_EXACT_DIGITS="
+                f"{MAX_EXACT_DIGITS:,} digits; use log10_n_data_per_class"
+            )
+        return self.m ** self._n_internal_nodes
+
+    @property
+    def log10_n_data_per_class(self) -> float:
+        """``log10`` of :attr:`n_data_per_class` as a float (``inf`` beyond ``1e308``)."""
+        if self.m == 1:
+            return 0.0
+        try:
+            return float(self._n_internal_nodes) * math.log10(self.m)
+        except OverflowError:
+            return math.inf
+
+    @property
+    def _n_internal_nodes(self) -> int:
+        """``(s**L - 1)/(s - 1)``: internal nodes of the tree (each picks one of m rules)."""
+        return self.L if self.s == 1 else (self.s**self.L - 1) // (self.s - 1)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
+import pytest
 
 from hiergen.cli import main
 from hiergen.models.grammar import Grammar
@@ -80,3 +82,41 @@ def test_errors_exit_2(tmp_path, capsys):
     assert main(["grammar", "info", str(bad)]) == 2
     assert "unknown symbol 'b' (line 2, column 6)" in capsys.readouterr().err
     assert main(["sample", *RHM_ARGS, "--n", "0"]) == 2
+
+
+def test_grammar_info_deep_rhm_readable(tmp_path, capsys):
+    # L = 13: n_data has 7399 digits (str() of it used to crash); L = 40: it used to hang
+    g13 = RHM(32, 32, 8, 2, 13, seed=0)
+    g13.save(tmp_path / "r13.json")
+    assert main(["grammar", "info", str(tmp_path / "r13.json")]) == 0
+    out = capsys.readouterr().out
+    assert "n_data                  5.2e+7398 (exact: 7,399 digits)" in out
+    assert "n_data_per_class        1.6e+7397 (exact: 7,398 digits)" in out  # 8**8191
+    assert main(["grammar", "info", str(tmp_path / "r13.json"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_data"] == "5.2e+7398 (exact: 7,399 digits)"
+    assert info["log10_n_data"] == pytest.approx(math.log10(32) + 8191 * math.log10(8), rel=1e-12)
+    assert info["d"] == 8192
+
+    RHM(32, 32, 8, 2, 40, seed=0).save(tmp_path / "r40.json")
+    assert main(["grammar", "info", str(tmp_path / "r40.json"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    log10 = math.log10(32) + (2**40 - 1) * math.log10(8)
+    assert info["log10_n_data"] == pytest.approx(log10, rel=1e-12)
+    assert info["n_data"].endswith(f"(about {math.floor(log10) + 1:,} digits)")
+    assert info["n_data_per_class"].startswith("6.5e+992957941624 ")
+    assert info["d"] == 2**40 and info["pgmpy_table_entries"] > 10**16
+    assert main(["grammar", "info", str(tmp_path / "r40.json")]) == 0
+    out = capsys.readouterr().out
+    assert "pgmpy_table_entries     1.8e+16 (exact: 17 digits)" in out
+    assert "log10_n_data            9.92958e+11" in out
+
+
+def test_grammar_info_small_counts_exact(tmp_path, capsys):
+    g = Grammar.from_text("level 0: a\na -> x x | x y\nlevel 1: x y\nx -> p | q\ny -> p\nlevel 2: p q\n")
+    g.save(tmp_path / "g.grammar")
+    assert main(["grammar", "info", str(tmp_path / "g.grammar"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["n_data"] == "6" and info["log10_n_data"] == pytest.approx(math.log10(6))
+    assert main(["grammar", "info", str(tmp_path / "g.grammar")]) == 0
+    assert "  n_data               6 derivations (ambiguous grammar" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -118,32 +119,85 @@ def run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+_INFO_EXACT_DIGITS = 10_000  # exact counts up to this many digits (fast); beyond, log10 only
+_JSON_EXACT_DIGITS = 100  # JSON: exact decimal digits up to this size, readable form beyond
+
+
+def _json_count(n: int, as_int: bool) -> Any:
+    """An exact count for the JSON output: the number (or its digits) when it has at most
+    100 digits, else the readable ``2.3e+230 (exact: 231 digits)`` form."""
+    from hiergen.models.grammar import format_count
+
+    if n < 10**_JSON_EXACT_DIGITS:
+        return int(n) if as_int else str(n)
+    return format_count(n)
+
+
+def _count_from_log10(log10: float, exact: Any) -> Any:
+    """``exact()`` when the count has at most _INFO_EXACT_DIGITS digits, else None."""
+    return exact() if log10 < _INFO_EXACT_DIGITS else None
+
+
+def _finite_or_none(x: float) -> float | None:
+    """``x``, or None (JSON null) when it is infinite (a count beyond 10**1.8e308)."""
+    return x if math.isfinite(x) else None
+
+
 def grammar_info(grammar: Any) -> dict[str, Any]:
-    """Properties of a grammar as a JSON-able dict (sizes, d, counts, ambiguity...)."""
+    """Properties of a grammar as a JSON-able dict (sizes, d, counts, ambiguity...).
+
+    Never builds a count of more than 10,000 digits: ``n_data`` (and for an RHM
+    ``n_data_per_class``) is the exact number as a string when it has at most 100 digits,
+    else a readable form (``2.3e+230 (exact: 231 digits)`` or ``9.9e+992957941624 (about
+    ... digits)``); ``log10_n_data`` (``log10_n_data_per_class``) is always given.
+    """
+    from hiergen.models.grammar import format_log10_count
     from hiergen.models.pgmpy_view import estimate_table_size
     from hiergen.models.rhm import RHM
 
+    log10_n = grammar.log10_n_derivations()
+    n_data = _count_from_log10(log10_n, grammar.n_derivations)
     info: dict[str, Any] = {
         "type": type(grammar).__name__,
         "L": grammar.L,
         "vocab_sizes": list(grammar.vocab_sizes),
         "branching": list(grammar.branching),
-        "d": grammar.d,
+        "d": _json_count(grammar.d, as_int=True),
         "rules_per_symbol": [
             [int(nr.min()), int(nr.max())] for nr in grammar.n_rules
         ],
-        "n_data": str(grammar.n_derivations()),
+        "n_data": (
+            format_log10_count(log10_n) if n_data is None else _json_count(n_data, as_int=False)
+        ),
+        "log10_n_data": _finite_or_none(log10_n),
         "unambiguous": bool(grammar.is_unambiguous),
         "uniform": bool(grammar.is_uniform),
         "unreachable_symbols": [len(u) for u in grammar.unreachable_symbols()],
         "named": grammar.symbol_names is not None,
-        "pgmpy_table_entries": estimate_table_size(grammar),
+        "pgmpy_table_entries": _json_count(estimate_table_size(grammar), as_int=True),
     }
     if isinstance(grammar, RHM):
         info["params"] = grammar.params
         info["f"] = grammar.f
-        info["n_data_per_class"] = str(grammar.n_data_per_class)
+        log10_c = grammar.log10_n_data_per_class
+        per_class = _count_from_log10(log10_c, lambda: grammar.n_data_per_class)
+        info["n_data_per_class"] = (
+            format_log10_count(log10_c) if per_class is None else _json_count(per_class, as_int=False)
+        )
+        info["log10_n_data_per_class"] = _finite_or_none(log10_c)
     return info
+
+
+def _table_value(key: str, value: Any) -> str:
+    """A value of the info table: big integers (given as digit strings or ints) made readable."""
+    from hiergen.models.grammar import format_count
+
+    if key in ("d", "pgmpy_table_entries", "n_data", "n_data_per_class"):
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            return format_count(int(value))
+    if key.startswith("log10_"):
+        return "more than 1.8e+308" if value is None else f"{value:.6g}"
+    return str(value)
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -151,13 +205,14 @@ def run_info(args: argparse.Namespace) -> int:
 
     info = grammar_info(load_grammar(args.file))
     if args.json:
-        print(json.dumps(info))
+        print(json.dumps(info, allow_nan=False))
         return 0
+    rows = {key: _table_value(key, value) for key, value in info.items()}
     if not info["unambiguous"]:
-        info["n_data"] += " derivations (ambiguous grammar: distinct data may be fewer)"
-    width = max(len(k) for k in info)
+        rows["n_data"] += " derivations (ambiguous grammar: distinct data may be fewer)"
+    width = max(len(k) for k in rows)
     print(f"grammar {args.file}")
-    for key, value in info.items():
+    for key, value in rows.items():
         print(f"  {key:<{width}}  {value}")
     return 0
 
