@@ -14,7 +14,9 @@ the alphabet) the maximum is divided out — in float64 where the library allows
 log domain for log-likelihoods (``exp(x - max)``) — so that every row has maximum 1 and the
 algorithm's dtype only ever sees numbers in ``[0, 1]``. The removed scales are returned as
 a float64 per-item log offset ``sum_i log max_a lik[b, i, a]`` and added back to the
-log-evidence. Exact zeros stay exact zeros.
+log-evidence. Exact zeros stay exact zeros. (XLA, hence JAX, treats subnormal numbers —
+below 2.2e-308 in float64, 1.2e-38 in float32 — as zero: pass such likelihoods to the JAX
+backend as numpy arrays or as log-likelihoods.)
 """
 
 from __future__ import annotations
@@ -186,7 +188,10 @@ def scale_rows(x: Any, lib: str, is_log: bool) -> tuple[Any, np.ndarray]:
         keep = mx > 0  # a row of zeros stays all zero
         one = xp.ones_like(mx)
         safe = xp.where(keep, mx, one)
-        scaled = x / safe
+        if lib == "jax":  # XLA divides via the reciprocal 1/max, a subnormal flushed to zero
+            scaled = xp.exp(xp.log(x) - xp.log(safe))
+        else:
+            scaled = x / safe
         log_scale = xp.log(safe)  # log 1 = 0 for zero rows
     offset = log_scale[..., 0].sum(-1)
     if lib == "torch":
