@@ -150,6 +150,26 @@ def test_integer_and_list_evidence_accepted(lib):
     np.testing.assert_allclose(post.log_evidence, ref["log_evidence"], atol=1e-10)
 
 
+@pytest.mark.parametrize("lib", ["numpy", "torch", "jax"])
+def test_narrow_float_and_unsigned_dtypes_accepted(lib):
+    g = RHM(v=4, n_classes=2, m=2, s=2, L=2, seed=0)
+    exact = np.eye(4)[g.sample(3, seed=0).leaves]  # 0/1: exact in every dtype
+    ref = brute_force_posterior(g, exact)["log_evidence"]
+    names = {"numpy": ["float16", "uint8", "int32"], "torch": ["bfloat16", "float16", "uint8"],
+             "jax": ["bfloat16", "float16", "uint8"]}[lib]
+    bp = BeliefPropagation(g, backend=_backend(lib), dtype="float64")
+    for name in names:
+        if lib == "numpy":
+            ev = exact.astype(name)
+        elif lib == "torch":
+            torch = pytest.importorskip("torch")
+            ev = torch.as_tensor(exact).to(getattr(torch, name))
+        else:
+            jnp = pytest.importorskip("jax.numpy")
+            ev = jnp.asarray(exact, dtype=name)
+        np.testing.assert_allclose(bp.run(ev).log_evidence, ref, atol=1e-10, err_msg=name)
+
+
 # ----------------------------------------------------------------------------- scales
 def _scaled_cases(g, seed):
     """Evidence with every leaf row multiplied by an extreme scale (zeros kept)."""
@@ -298,3 +318,53 @@ def test_empty_batch_gives_empty_results(backend):
         assert tree.rules[lev].shape == (0, g.n_nodes(lev))
     assert tree.leaves.shape == (0, g.d) and len(tree) == 0
     assert est.log_prob.shape == (0,) and est.inconsistent.shape == (0,)
+
+
+# ----------------------------------------------------------------------------- device arrays
+def test_torch_evidence_is_checked_and_scaled_without_a_host_copy(monkeypatch):
+    """Validation and scaling use torch ops: only per-item vectors come back to numpy."""
+    torch = pytest.importorskip("torch")
+    g = _grammar()
+    copied: list[tuple[int, ...]] = []
+    real_numpy, real_array = torch.Tensor.numpy, torch.Tensor.__array__
+
+    def numpy_spy(self, *args, **kwargs):
+        copied.append(tuple(self.shape))
+        return real_numpy(self, *args, **kwargs)
+
+    def array_spy(self, *args, **kwargs):
+        copied.append(tuple(self.shape))
+        return real_array(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "numpy", numpy_spy)
+    monkeypatch.setattr(torch.Tensor, "__array__", array_spy)
+    bp = BeliefPropagation(g, backend="torch", dtype="float64")
+    lik = _valid_likelihood(g, 5, seed=8) * 1e300
+    arr, is_log, prior, internal, batch = bp._prepare(torch.as_tensor(lik), None, None, None)
+    offset = np.zeros(batch)
+    chunks = list(bp._chunks(arr, prior, internal, batch, is_log, offset))
+    assert isinstance(arr, torch.Tensor) and all(isinstance(c[2], torch.Tensor) for c in chunks)
+    bad = torch.tensor(lik)  # a copy: lik stays valid
+    bad[3, 1, 1] = float("nan")
+    with pytest.raises(EvidenceError, match=r"NaN \(batch items \[3\]\)"):
+        bp._prepare(bad, None, None, None)
+    assert copied and all(len(s) <= 1 for s in copied), copied  # (batch,) vectors only
+    np.testing.assert_allclose(offset, np.log(lik.max(-1)).sum(-1), rtol=1e-12)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_tensor_evidence(dtype):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    g = _grammar()
+    lik = _valid_likelihood(g, 6, seed=9) * 1e-300
+    ref = brute_force_posterior(g, lik)
+    bp = BeliefPropagation(g, backend="torch", dtype=dtype, device="cuda")
+    post = bp.run(torch.as_tensor(lik, device="cuda"))
+    np.testing.assert_allclose(post.log_evidence, ref["log_evidence"], rtol=1e-6)
+    bad = torch.as_tensor(lik, device="cuda")
+    bad[2, 0, 0] = -1.0
+    with pytest.raises(EvidenceError, match=r"\[2\]"):
+        bp.run(bad)
