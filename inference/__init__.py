@@ -13,6 +13,7 @@ _LAZY = {
     "BeliefPropagation": "hiergen.inference.bp",
     "Posterior": "hiergen.inference.bp",
     "MapEstimate": "hiergen.inference.bp",
+    "PosteriorSample": "hiergen.inference.bp",
     "brute_force_posterior": "hiergen.inference.bruteforce",
     "enumerate_trees": "hiergen.inference.bruteforce",
     "get_ops": "hiergen.inference.backends",

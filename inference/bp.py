@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from hiergen.inference import inputs
 from hiergen.inference.backends import ArrayOps, get_ops
 from hiergen.models.errors import EvidenceError, InconsistentEvidenceError
 from hiergen.models.grammar import Grammar, TreeSample
@@ -53,7 +54,9 @@ class Posterior:
         ``log p(evidence)`` (``-inf`` for items no datum can explain).
     inconsistent : (batch,) bool
         True for items whose evidence no datum of the grammar can explain (their marginals
-        are NaN). Only populated with ``on_inconsistent="flag"``; otherwise such items raise.
+        are NaN, their log-evidence ``-inf``). Only populated with
+        ``on_inconsistent="flag"``; otherwise such items raise. ``sample`` and ``map``
+        report the same items the same way (``-1`` trees, see :class:`PosteriorSample`).
     backend, dtype, device : where it was computed. seconds : wall time of ``run``.
     """
 
@@ -95,12 +98,38 @@ class Posterior:
         return self.marginals[0][:, 0, :]
 
 
+@dataclass(frozen=True)
+class PosteriorSample(TreeSample):
+    """Trees drawn from (or decoded by) belief propagation: a
+    :class:`~hiergen.models.grammar.TreeSample` plus
+
+    inconsistent : (batch,) bool
+        Items no datum of the grammar can explain (``on_inconsistent="flag"``). Their
+        symbols, rules and leaves are the sentinel ``-1``: no tree was drawn for them.
+    """
+
+    inconsistent: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+
 @dataclass
 class MapEstimate:
-    """Max-product decoding: the single most probable latent tree per item."""
+    """Max-product decoding: the single most probable latent tree per item.
+
+    Attributes
+    ----------
+    tree : :class:`PosteriorSample`, symbols ``(batch, n_l)`` per level (``-1`` for
+        inconsistent items).
+    log_prob : (batch,) ``log p(tree, evidence)`` (``-inf`` for inconsistent items).
+    inconsistent : (batch,) bool, items no datum can explain (``on_inconsistent="flag"``).
+    """
 
     tree: TreeSample
-    log_prob: np.ndarray  # (batch,) log p(tree, evidence)
+    log_prob: np.ndarray
+    inconsistent: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.inconsistent is None:
+            self.inconsistent = np.zeros(len(self.log_prob), dtype=bool)
 
 
 @dataclass
@@ -133,7 +162,8 @@ class BeliefPropagation:
     on_inconsistent : ``"raise"`` (default) raises :class:`InconsistentEvidenceError` naming
         the batch items no datum can explain (the exception's ``posterior`` attribute keeps
         everything computed); ``"flag"`` returns them with NaN marginals, ``-inf``
-        log-evidence and ``Posterior.inconsistent`` set.
+        log-evidence and ``Posterior.inconsistent`` set (``sample``/``map``: ``-1``
+        symbols and rules, ``inconsistent`` set on the returned trees / estimate).
     threads : worker threads over batch chunks for the numpy backend (default: CPU count,
         at most 4).
 
@@ -224,7 +254,7 @@ class BeliefPropagation:
         """Normalise ``(v, B, n)`` messages; return ``(msg, log_z (B,), zero (B,) bool)``."""
         ops = self.ops
         z = ops.sum(msg, 0)
-        zero = z <= 0
+        zero = ~(z > 0)  # NaN counts as zero: never a silent NaN
         z_safe = ops.where(zero, 1.0, z)
         return msg / z_safe, ops.sum(ops.log(z_safe), 1), ops.any(zero, 1)
 
@@ -403,13 +433,23 @@ class BeliefPropagation:
         prior: Any,
         internal_evidence: Mapping[int, Any] | None,
     ) -> tuple[Any, bool, Any, list[Any], int]:
+        """Validate the inputs of ``run``/``sample``/``map``.
+
+        Returns ``(arr, is_log, prior, internal, batch)``: ``arr`` the leaf evidence
+        ``(B, d, v_L)`` (numpy, or a torch/JAX array of the backend's own library, kept on
+        its device), ``prior`` ``(B, v_0)`` float64 with rows summing to 1, ``internal[l]``
+        ``(B, n_l, v_l)`` float64 likelihoods or None. Same checks for every library (see
+        :mod:`hiergen.inference.inputs`); bad input raises :class:`EvidenceError`.
+        """
         g = self.grammar
         is_log = bool(log)
         if isinstance(evidence, Evidence):
             if log is False:
                 raise EvidenceError("an Evidence object holds log-likelihoods; do not pass log=False")
             evidence, is_log = evidence.log_lik, True
-        arr = evidence if _is_native(evidence) else np.asarray(evidence)
+        if log is not None and not isinstance(log, (bool, np.bool_)):
+            raise EvidenceError(f"log must be True, False or None, got {log!r}")
+        arr, lib = inputs.as_checked_array(evidence, "evidence")
         if arr.ndim == 2:
             arr = arr[None]
         shape = tuple(arr.shape)
@@ -418,59 +458,62 @@ class BeliefPropagation:
             raise EvidenceError(
                 f"evidence must have shape (batch, d, v_L) = (batch, {want[0]}, {want[1]}), got {shape}"
             )
-        if isinstance(arr, np.ndarray):
-            if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
-                raise EvidenceError(f"evidence must be numeric, got dtype {arr.dtype}")
-            if np.isnan(arr).any():
-                items = np.unique(np.nonzero(np.isnan(arr))[0]).tolist()
-                raise EvidenceError(f"evidence contains NaN (batch items {items[:20]})")
-            if is_log and np.isposinf(arr).any():
-                raise EvidenceError("log-evidence contains +inf")
-            if not is_log and (np.isinf(arr).any() or (arr < 0).any()):
-                raise EvidenceError(
-                    "likelihood evidence must be finite and >= 0 (pass log=True for log-likelihoods)"
-                )
+        inputs.check_values(arr, lib, "evidence", is_log)
+        if lib != "numpy" and lib != self.ops.name:  # another library's array: via the host
+            arr = inputs.to_numpy_float64(arr, lib)
         batch = shape[0]
-        prior_arr = g.root_prior if prior is None else np.asarray(prior, dtype=np.float64)
-        if prior_arr.shape == (g.n_classes,):
-            prior_arr = np.broadcast_to(prior_arr, (batch, g.n_classes))
-        if prior_arr.shape != (batch, g.n_classes):
-            raise EvidenceError(
-                f"prior must have shape ({g.n_classes},) or ({batch}, {g.n_classes}), got {prior_arr.shape}"
-            )
-        if not np.all(np.isfinite(prior_arr)) or np.any(prior_arr < 0):
-            raise EvidenceError("prior must be finite and >= 0")
+        prior_arr = g.root_prior if prior is None else prior
+        prior_arr = inputs.check_prior(prior_arr, batch, g.n_classes)
         internal: list[Any] = [None] * (g.L + 1)
         for lev, ev in (internal_evidence or {}).items():
-            if not isinstance(lev, (int, np.integer)) or not 0 <= lev <= g.L:
+            if isinstance(lev, (bool, np.bool_)) or not isinstance(lev, (int, np.integer)) or not 0 <= lev <= g.L:
                 raise EvidenceError(f"internal_evidence level must be in 0..{g.L}, got {lev!r}")
-            e = np.asarray(ev, dtype=np.float64)
+            name = f"internal_evidence[{lev}]"
+            e, elib = inputs.as_checked_array(ev, name)
             want_l = (g.n_nodes(lev), g.vocab_sizes[lev])
-            if e.shape == want_l:
-                e = np.broadcast_to(e, (batch,) + want_l)
-            if e.shape != (batch,) + want_l:
+            if tuple(e.shape) not in (want_l, (batch,) + want_l):
                 raise EvidenceError(
-                    f"internal_evidence[{lev}] must have shape {(batch,) + want_l} or {want_l}, got {e.shape}"
+                    f"{name} must have shape {(batch,) + want_l} or {want_l}, got {tuple(e.shape)}"
                 )
-            if not np.all(np.isfinite(e)) or np.any(e < 0):
-                raise EvidenceError(f"internal_evidence[{lev}] must be finite likelihoods >= 0")
-            internal[lev] = e
+            inputs.check_values(e, elib, name, is_log=False, batched=e.ndim == 3)
+            internal[int(lev)] = np.broadcast_to(inputs.to_numpy_float64(e, elib), (batch,) + want_l)
         return arr, is_log, prior_arr, internal, batch
 
-    def _chunks(self, arr: Any, prior: np.ndarray, internal: list[Any], batch: int):
+    def _chunks(
+        self,
+        arr: Any,
+        prior: np.ndarray,
+        internal: list[Any],
+        batch: int,
+        is_log: bool = False,
+        log_offset: np.ndarray | None = None,
+    ):
         """Yield ``(start, stop, leaf, prior, internal)`` backend arrays per chunk.
 
+        Leaf and internal evidence are made scale free first (every row divided by its
+        maximum, log-likelihoods exponentiated after the shift, see
+        :func:`hiergen.inference.inputs.scale_rows`), so the algorithm gets likelihoods in
+        ``[0, 1]``; the removed ``(stop - start,)`` log scales are written to
+        ``log_offset[start:stop]`` (float64) for the caller to add to log-evidences.
         JAX pads the last chunk to the chunk size so one compiled function serves all.
         """
         ops = self.ops
+        lib = inputs.array_library(arr)
         size = self.batch_chunk
         for start in range(0, batch, size):
             stop = min(batch, start + size)
             sl = slice(start, stop)
             pad = (size - (stop - start)) if (ops.name == "jax" and batch > size) else 0
-            leaf = arr[sl]
+            leaf, off = inputs.scale_rows(arr[sl], lib, is_log)
             pr = prior[sl]
-            inn = [None if e is None else e[sl] for e in internal]
+            inn = []
+            for e in internal:
+                if e is not None:
+                    e, o = inputs.scale_rows(e[sl], "numpy", False)
+                    off = off + o
+                inn.append(e)
+            if log_offset is not None:
+                log_offset[sl] = off
             if pad:
                 leaf = _pad(leaf, pad)
                 pr = _pad(pr, pad)
@@ -556,11 +599,15 @@ class BeliefPropagation:
         ----------
         evidence : :class:`~hiergen.models.noise.Evidence`, or leaf likelihoods
             ``(batch, d, v_L)`` (``(d, v_L)`` for one item); ``log=True`` when they are
-            log-likelihoods. numpy, or the backend's own arrays (torch tensors, JAX arrays).
+            log-likelihoods. numpy arrays, lists, torch tensors or JAX arrays of a real
+            float or integer dtype; likelihoods finite and ``>= 0``, log-likelihoods without
+            NaN or ``+inf`` (otherwise :class:`EvidenceError`). Any scale works: every leaf's
+            row is divided by its maximum in float64 first (docs/evidence.md).
         prior : class prior override ``(n_classes,)`` or ``(batch, n_classes)``
-            (class-conditional inference: a one-hot prior).
+            (class-conditional inference: a one-hot prior). Rows must sum to 1 within
+            1e-6 (:class:`EvidenceError` otherwise, also for an all-zero row).
         internal_evidence : ``{level: likelihoods (batch, n_l, v_l) or (n_l, v_l)}`` to clamp
-            or weigh internal nodes.
+            or weigh internal nodes (same checks and scaling as the leaf likelihoods).
         marginals : False to compute only the log-evidence (upward pass only).
 
         Returns
@@ -578,12 +625,14 @@ class BeliefPropagation:
             else []
         )
         log_ev = np.empty(batch)
+        offset = np.zeros(batch)
         bad = np.zeros(batch, dtype=bool)
+        # the chunks carry scale-free likelihoods (see _chunks): never log-domain here
         fn = self._fn(
-            f"forward-{is_log}-{marginals}",
-            lambda leaf, pr, inn: self._forward(leaf, pr, inn, is_log, marginals),
+            f"forward-False-{marginals}",
+            lambda leaf, pr, inn: self._forward(leaf, pr, inn, False, marginals),
         )
-        chunks = self._chunks(arr, prior_arr, internal, batch)
+        chunks = self._chunks(arr, prior_arr, internal, batch, is_log, offset)
         with self._context():
             for (start, stop), (mg, le, bd) in self._map_chunks(fn, chunks):
                 k = stop - start
@@ -591,6 +640,7 @@ class BeliefPropagation:
                 bad[start:stop] = ops.to_numpy(bd)[:k]
                 for lev in range(len(mg)):  # back from (v, B, n) to (B, n, v)
                     out[lev][start:stop] = ops.to_numpy(mg[lev])[:, :k].transpose(1, 2, 0)
+        log_ev += offset
         if bad.any():
             log_ev[bad] = -np.inf
             for x in out:
@@ -625,18 +675,23 @@ class BeliefPropagation:
         The root is drawn from its marginal, then every node's rule given its parent's
         sampled symbol and its children's upward messages, level by level.
         ``seed``: int, or the backend's generator (numpy Generator, JAX key, torch Generator).
-        Returns a :class:`~hiergen.models.grammar.TreeSample` (numpy).
+
+        Returns a :class:`PosteriorSample` (a :class:`~hiergen.models.grammar.TreeSample`,
+        numpy) with an ``inconsistent`` ``(batch,)`` bool attribute. Items no datum can
+        explain raise :class:`InconsistentEvidenceError` (``on_inconsistent="raise"``) or,
+        with ``"flag"``, are marked there and get the sentinel ``-1`` for every symbol and
+        rule (leaves included), never an ordinary-looking tree.
         """
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
         ops = self.ops
         rng = ops.make_rng(seed)
         bad = np.zeros(batch, dtype=bool)
         fn = self._fn(
-            f"sample-{is_log}",
-            lambda leaf, pr, inn, key: self._sample_chunk(leaf, pr, inn, is_log, key),
+            "sample-False",
+            lambda leaf, pr, inn, key: self._sample_chunk(leaf, pr, inn, False, key),
         )
-        trees = _TreeCollector(ops, self.grammar.L)
-        chunks = self._chunks(arr, prior_arr, internal, batch)
+        trees = _TreeCollector(ops, self.grammar)
+        chunks = self._chunks(arr, prior_arr, internal, batch, is_log)
         if ops.name == "numpy":
             # one independent child generator per chunk, so chunks can run on the thread
             # pool and the draws do not depend on how many threads ran them
@@ -659,7 +714,7 @@ class BeliefPropagation:
             for (start, stop), (s, r, bd, _) in results:
                 bad[start:stop] = ops.to_numpy(bd)[: stop - start]
                 trees.add(s, r, stop - start)
-        tree = trees.tree()
+        tree = trees.tree(bad)
         self._report_bad(bad, "posterior sampling", tree)
         return tree
 
@@ -671,49 +726,59 @@ class BeliefPropagation:
         prior: Any = None,
         internal_evidence: Mapping[int, Any] | None = None,
     ) -> MapEstimate:
-        """Max-product decoding: the most probable latent tree given the evidence."""
+        """Max-product decoding: the most probable latent tree given the evidence.
+
+        Returns a :class:`MapEstimate`; items no datum can explain raise
+        :class:`InconsistentEvidenceError`, or with ``on_inconsistent="flag"`` are marked in
+        ``MapEstimate.inconsistent`` with ``log_prob = -inf`` and ``-1`` symbols and rules.
+        """
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
         ops = self.ops
         log_p = np.empty(batch)
+        offset = np.zeros(batch)
         bad = np.zeros(batch, dtype=bool)
-        fn = self._fn(f"map-{is_log}", lambda leaf, pr, inn: self._map_chunk(leaf, pr, inn, is_log))
-        chunks = self._chunks(arr, prior_arr, internal, batch)
-        trees = _TreeCollector(ops, self.grammar.L)
+        fn = self._fn("map-False", lambda leaf, pr, inn: self._map_chunk(leaf, pr, inn, False))
+        chunks = self._chunks(arr, prior_arr, internal, batch, is_log, offset)
+        trees = _TreeCollector(ops, self.grammar)
         with self._context():
             for (start, stop), (s, r, lp, bd) in self._map_chunks(fn, chunks):
                 log_p[start:stop] = ops.to_numpy(lp)[: stop - start]
                 bad[start:stop] = ops.to_numpy(bd)[: stop - start]
                 trees.add(s, r, stop - start)
-        tree = trees.tree()
+        tree = trees.tree(bad)
+        log_p += offset
         log_p[bad] = -np.inf
-        est = MapEstimate(tree=tree, log_prob=log_p)
+        est = MapEstimate(tree=tree, log_prob=log_p, inconsistent=bad)
         self._report_bad(bad, "MAP decoding", est)
         return est
 
 
 class _TreeCollector:
-    """Gathers per-chunk trees (backend arrays) into one numpy :class:`TreeSample`."""
+    """Gathers per-chunk trees (backend arrays) into one numpy :class:`PosteriorSample`."""
 
-    def __init__(self, ops: ArrayOps, depth: int) -> None:
+    def __init__(self, ops: ArrayOps, grammar: Grammar) -> None:
         self.ops = ops
-        self.symbols: list[list[np.ndarray]] = [[] for _ in range(depth + 1)]
-        self.rules: list[list[np.ndarray]] = [[] for _ in range(depth)]
+        depth = grammar.L
+        # an empty block per level so that a batch of 0 gives (0, n_l) arrays
+        self.symbols: list[list[np.ndarray]] = [
+            [np.zeros((0, grammar.n_nodes(lev)), np.int64)] for lev in range(depth + 1)
+        ]
+        self.rules: list[list[np.ndarray]] = [
+            [np.zeros((0, grammar.n_nodes(lev)), np.int64)] for lev in range(depth)
+        ]
 
     def add(self, symbols: list[Any], rules: list[Any], k: int) -> None:
         """Append the first ``k`` items of a chunk (the rest is JAX padding)."""
         for acc, x in zip(self.symbols + self.rules, list(symbols) + list(rules)):
             acc.append(self.ops.to_numpy(x)[:k].astype(np.int64))
 
-    def tree(self) -> TreeSample:
+    def tree(self, bad: np.ndarray) -> PosteriorSample:
+        """The collected trees; items flagged in ``bad`` (batch,) get ``-1`` everywhere."""
         symbols = [np.concatenate(x, 0) for x in self.symbols]
         rules = [np.concatenate(x, 0) for x in self.rules]
-        return TreeSample(leaves=symbols[-1], symbols=symbols, rules=rules)
-
-
-def _is_native(x: Any) -> bool:
-    """True for torch tensors and JAX arrays (kept on their device)."""
-    mod = type(x).__module__
-    return mod.startswith("torch") or mod.startswith("jax")
+        for x in symbols + rules:
+            x[bad] = -1
+        return PosteriorSample(leaves=symbols[-1], symbols=symbols, rules=rules, inconsistent=bad)
 
 
 def _pad(x: Any, pad: int) -> Any:

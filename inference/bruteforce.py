@@ -54,39 +54,44 @@ def brute_force_posterior(
     prior: np.ndarray | None = None,
     internal_evidence: Mapping[int, np.ndarray] | None = None,
     trees: tuple[list[np.ndarray], np.ndarray] | None = None,
+    log: bool = False,
 ) -> dict[str, Any]:
-    """Exact marginals and log-evidence by summing over all trees.
+    """Exact marginals and log-evidence by summing over all trees (in the log domain, so
+    likelihoods of any scale — 1e-300 or 1e308 — are handled exactly).
 
     Parameters
     ----------
-    likelihood : (B, d, v_L) leaf likelihoods (not log).
-    prior : optional class prior override (n_classes,).
-    internal_evidence : optional {level: (B, n_l, v_l)} likelihoods.
+    likelihood : (B, d, v_L) leaf likelihoods (log-likelihoods when ``log=True``).
+    prior : optional class prior override (n_classes,) or (B, n_classes).
+    internal_evidence : optional {level: (B, n_l, v_l)} likelihoods (never log).
 
-    Returns ``{"marginals": [ (B, n_l, v_l) ], "log_evidence": (B,), "map_log_prob": (B,)}``.
+    Returns ``{"marginals": [ (B, n_l, v_l) ], "log_evidence": (B,), "map_log_prob": (B,)}``
+    (NaN marginals and ``-inf`` log-evidence for items no tree explains).
     """
     symbols, prob = trees if trees is not None else enumerate_trees(grammar)
-    if prior is not None:
-        prior = np.asarray(prior, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_prob = np.log(prob)
+        lik = np.asarray(likelihood, dtype=np.float64)
+        log_lik = lik if log else np.log(lik)
+        b = lik.shape[0]
         root = symbols[0][:, 0]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            prob = prob / grammar.root_prior[root] * prior[root]
-    lik = np.asarray(likelihood, dtype=np.float64)
-    b = lik.shape[0]
-    d = grammar.d
-    # weight[b, k] = prob_k * prod_i lik[b, i, leaves_k[i]]
-    leaves = symbols[-1]
-    w = np.ones((b, len(prob))) * prob[None, :]
-    for i in range(d):
-        w *= lik[:, i, leaves[:, i]]
-    for lev, ev in (internal_evidence or {}).items():
-        ev = np.asarray(ev, dtype=np.float64)
-        for i in range(grammar.n_nodes(lev)):
-            w *= ev[:, i, symbols[lev][:, i]]
-    z = w.sum(1)
-    with np.errstate(divide="ignore"):
-        log_ev = np.log(z)
-        map_lp = np.log(w.max(1))
+        # log_w[b, k] = log prob_k + sum_i log lik[b, i, leaves_k[i]]
+        log_w = np.broadcast_to(log_prob, (b, len(prob))).copy()
+        if prior is not None:
+            pr = np.broadcast_to(np.asarray(prior, dtype=np.float64), (b, grammar.n_classes))
+            log_w += np.log(pr[:, root]) - np.log(grammar.root_prior[root])[None, :]
+        leaves = symbols[-1]
+        for i in range(grammar.d):
+            log_w += log_lik[:, i, leaves[:, i]]
+        for lev, ev in (internal_evidence or {}).items():
+            ev = np.log(np.asarray(ev, dtype=np.float64))
+            for i in range(grammar.n_nodes(lev)):
+                log_w += ev[:, i, symbols[lev][:, i]]
+        map_lp = log_w.max(1)
+        shift = np.where(np.isfinite(map_lp), map_lp, 0.0)
+        w = np.exp(log_w - shift[:, None])
+        z = w.sum(1)
+        log_ev = np.log(z) + shift
     marginals = []
     for lev in range(grammar.L + 1):
         n, v = grammar.n_nodes(lev), grammar.vocab_sizes[lev]
@@ -94,6 +99,6 @@ def brute_force_posterior(
         for i in range(n):
             for a in range(v):
                 m[:, i, a] = w[:, symbols[lev][:, i] == a].sum(1)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
             marginals.append(m / z[:, None, None])
     return {"marginals": marginals, "log_evidence": log_ev, "map_log_prob": map_lp}
