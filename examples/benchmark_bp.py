@@ -14,15 +14,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("hiergen-out/benchmark_bp"),
+                        help="folder for bench_bp.json and bench_bp.png")
+    parser.add_argument("--backends", nargs="+", default=["numpy", "torch", "jax"],
+                        choices=["numpy", "torch", "jax"], help="BP array backends to time")
+    parser.add_argument("--depths", nargs="+", type=int, default=[6, 8, 10],
+                        help="tree depths L of the RHM (v = n_classes = 32, m = 8, s = 2)")
+    parser.add_argument("--batch", type=int, default=1024, help="data per BP call")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per point (the best is reported), after one warm-up")
+    parser.add_argument("--device", default=None,
+                        help="device of torch/jax, e.g. cuda (torch) or gpu (jax); default: the "
+                             "library's default device")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("hiergen-out/benchmark_bp"))
-    parser.add_argument("--backends", nargs="+", default=["numpy", "torch", "jax"])
-    parser.add_argument("--depths", nargs="+", type=int, default=[6, 8, 10])
-    parser.add_argument("--batch", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     import matplotlib
 

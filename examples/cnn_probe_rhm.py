@@ -20,31 +20,48 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script (defaults: the CPU preset)."""
+    from hiergen.cli import HelpFormatter
+    from hiergen.experiments.cnn_probe import CPU_DEFAULT, GPU_PRESET
+
+    d = CPU_DEFAULT
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("hiergen-out/cnn_probe_rhm"),
+                        help="folder for cnn/, cnn_probe.nc and cnn_probe.png")
+    parser.add_argument("--gpu-preset", action="store_true",
+                        help=f"larger sizes for a GPU, overriding the size options: {GPU_PRESET}")
+    parser.add_argument("--v", type=int, default=d["rhm"]["v"], help="RHM vocabulary size per level")
+    parser.add_argument("--n-classes", type=int, default=d["rhm"]["n_classes"],
+                        help="RHM number of classes")
+    parser.add_argument("--m", type=int, default=d["rhm"]["m"], help="RHM rules per symbol")
+    parser.add_argument("--s", type=int, default=d["rhm"]["s"], help="RHM branching factor")
+    parser.add_argument("--L", type=int, default=d["rhm"]["L"], help="RHM depth")
+    parser.add_argument("--n-train", type=int, default=d["n_train"], help="CNN training data")
+    parser.add_argument("--n-test", type=int, default=d["n_test"],
+                        help="CNN test data (those not in the training set are used)")
+    parser.add_argument("--width", type=int, default=d["width"], help="CNN channels per layer")
+    parser.add_argument("--epochs", type=int, default=d["epochs"],
+                        help="most CNN training epochs (stops when it interpolates)")
+    parser.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "masking"],
+                        help="gaussian: DDPM diffusion at time t; uniform: corruption eps = t; "
+                             "masking: mask probability t")
+    parser.add_argument("--times", default=None,
+                        help="noise levels t as start:stop:count or a comma list (default: "
+                             "0:400:41 for gaussian, 0:1:41 otherwise)")
+    parser.add_argument("--n-samples", type=int, default=1000, help="probe samples per time")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the RHM, the data and the CNN")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from hiergen.experiments.cnn_probe import CPU_DEFAULT, GPU_PRESET
 
     d = CPU_DEFAULT
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("hiergen-out/cnn_probe_rhm"))
-    parser.add_argument("--gpu-preset", action="store_true",
-                        help=f"larger sizes for a GPU: {GPU_PRESET}")
-    parser.add_argument("--v", type=int, default=d["rhm"]["v"])
-    parser.add_argument("--n-classes", type=int, default=d["rhm"]["n_classes"])
-    parser.add_argument("--m", type=int, default=d["rhm"]["m"])
-    parser.add_argument("--s", type=int, default=d["rhm"]["s"])
-    parser.add_argument("--L", type=int, default=d["rhm"]["L"])
-    parser.add_argument("--n-train", type=int, default=d["n_train"])
-    parser.add_argument("--n-test", type=int, default=d["n_test"])
-    parser.add_argument("--width", type=int, default=d["width"])
-    parser.add_argument("--epochs", type=int, default=d["epochs"])
-    parser.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "masking"])
-    parser.add_argument("--times", default=None,
-                        help="start:stop:count (default 0:400:41 gaussian, 0:1:41 otherwise)")
-    parser.add_argument("--n-samples", type=int, default=1000, help="probe samples per time")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.gpu_preset:
         g = GPU_PRESET
         args.v, args.n_classes, args.m, args.s, args.L = (

@@ -17,20 +17,29 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--v", type=int, default=4)
-    p.add_argument("--m", type=int, default=2)
-    p.add_argument("--s", type=int, default=2)
-    p.add_argument("--L", type=int, default=3)
-    p.add_argument("--n-classes", type=int, default=2)
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--v", type=int, default=4, help="RHM vocabulary size per level")
+    p.add_argument("--m", type=int, default=2, help="RHM rules per symbol")
+    p.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    p.add_argument("--L", type=int, default=3, help="RHM depth")
+    p.add_argument("--n-classes", type=int, default=2, help="RHM number of classes")
     p.add_argument("--n", type=int, default=16, help="noisy data (batch)")
-    p.add_argument("--eps", type=float, default=0.5, help="uniform corruption level")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backends", default="bp,pgmpy,numpyro,numpyro-sample,mcmc,meanfield-vi")
+    p.add_argument("--eps", type=float, default=0.5, help="uniform corruption level in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rules, data and noise")
+    p.add_argument("--backends", default="bp,pgmpy,numpyro,numpyro-sample,mcmc,meanfield-vi",
+                   help="comma list of backend names (see hiergen.inference.registry)")
     p.add_argument("--num-samples", type=int, default=1000, help="draws of the sampling backends")
-    p.add_argument("--out", type=Path, default=Path("out/compare_backends"))
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=Path("out/compare_backends"),
+                   help="folder for the comparison table and figure")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def plot_errors(df, path: Path, title: str) -> None:

@@ -67,12 +67,21 @@ def rule_frequencies(grammar: Grammar, tree) -> list[dict]:
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("out/custom_grammar"))
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("out/custom_grammar"),
+                        help="output folder")
     parser.add_argument("--n", type=int, default=1000, help="number of samples")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     grammar = Grammar.from_text(SCENES)
     print(f"{grammar!r}: d={grammar.d}, {grammar.n_derivations()} derivations")

@@ -17,21 +17,35 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("hiergen-out/forward_backward_rhm"),
+                        help="output folder (rerunning resumes)")
+    parser.add_argument("--v", type=int, default=32, help="RHM vocabulary size per level")
+    parser.add_argument("--n-classes", type=int, default=32, help="RHM number of classes")
+    parser.add_argument("--m", type=int, default=8, help="RHM rules per symbol")
+    parser.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    parser.add_argument("--depths", nargs="+", type=int, default=[2, 4, 6, 8],
+                        help="tree depths L")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="RHM seeds")
+    parser.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "masking"],
+                        help="gaussian: DDPM diffusion at time t; uniform: corruption eps = t; "
+                             "masking: mask probability t")
+    parser.add_argument("--times", default="0:250:51",
+                        help="noise levels t as start:stop:count (inclusive) or a comma list")
+    parser.add_argument("--n-samples", type=int, default=1000, help="samples per point")
+    parser.add_argument("--backend", default="numpy", choices=["numpy", "torch", "jax"],
+                        help="BP array backend")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("hiergen-out/forward_backward_rhm"))
-    parser.add_argument("--v", type=int, default=32)
-    parser.add_argument("--n-classes", type=int, default=32)
-    parser.add_argument("--m", type=int, default=8)
-    parser.add_argument("--s", type=int, default=2)
-    parser.add_argument("--depths", nargs="+", type=int, default=[2, 4, 6, 8])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "masking"])
-    parser.add_argument("--times", default="0:250:51", help="start:stop:count or comma list")
-    parser.add_argument("--n-samples", type=int, default=1000)
-    parser.add_argument("--backend", default="numpy")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
 
     from hiergen.commands.forward_backward import parse_times
     from hiergen.experiments.analysis import summarize

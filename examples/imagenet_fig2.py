@@ -22,26 +22,41 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("hiergen-out/imagenet_fig2"))
-    parser.add_argument("--ddpm", default="digits", help="diffusers DDPM folder / hub id, digits")
-    parser.add_argument("--classifier", default="digits", help="timm name, folder, or digits")
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("hiergen-out/imagenet_fig2"),
+                        help="run folder (rerunning resumes)")
+    parser.add_argument("--ddpm", default="digits",
+                        help="diffusers DDPM folder or hub id, or digits (the shipped preset)")
+    parser.add_argument("--classifier", default="digits",
+                        help="timm model name, hiergen classifier folder, or digits")
     parser.add_argument("--checkpoint", default=None, help="local weights for a timm classifier")
-    parser.add_argument("--no-pretrained", action="store_true")
-    parser.add_argument("--images", default="digits", help="image folder, or digits (test split)")
+    parser.add_argument("--no-pretrained", action="store_true",
+                        help="do not fetch pretrained timm weights")
+    parser.add_argument("--images", default="digits",
+                        help="image folder (class subfolders or flat + --labels), or digits "
+                             "(the test split)")
     parser.add_argument("--labels", default=None, help="labels file of a flat (ILSVRC val) folder")
-    parser.add_argument("--n-per-class", type=int, default=10)
+    parser.add_argument("--n-per-class", type=int, default=10, help="start images per class")
     parser.add_argument("--steps", type=int, default=50, help="respaced steps N (paper: 250)")
     parser.add_argument("--n-k", type=int, default=11, help="reversal steps evenly spread in 0..N")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subset and the sampler")
+    parser.add_argument("--batch-size", type=int, default=100, help="images per batch")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="autocast dtype of the UNet (CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     import torch
 

@@ -17,21 +17,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--v", type=int, default=8)
-    p.add_argument("--m", type=int, default=4)
-    p.add_argument("--s", type=int, default=2)
-    p.add_argument("--L", type=int, default=4)
-    p.add_argument("--n-classes", type=int, default=4)
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
+    p.add_argument("--v", type=int, default=8, help="RHM vocabulary size per level")
+    p.add_argument("--m", type=int, default=4, help="RHM rules per symbol")
+    p.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    p.add_argument("--L", type=int, default=4, help="RHM depth")
+    p.add_argument("--n-classes", type=int, default=4, help="RHM number of classes")
     p.add_argument("--n", type=int, default=8, help="noisy data per eps")
-    p.add_argument("--eps", default="0.1,0.3,0.4,0.5,0.6,0.7,0.9", help="comma list")
-    p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--warmup", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("out/mcmc_mixing"))
-    return p.parse_args(argv)
+    p.add_argument("--eps", default="0.1,0.3,0.4,0.5,0.6,0.7,0.9",
+                   help="comma list of uniform corruption levels in [0, 1]")
+    p.add_argument("--chains", type=int, default=4, help="Gibbs chains per datum")
+    p.add_argument("--samples", type=int, default=2000, help="Gibbs draws per chain after warm-up")
+    p.add_argument("--warmup", type=int, default=500, help="Gibbs warm-up sweeps per chain")
+    p.add_argument("--seed", type=int, default=0, help="seed of the rules, data, noise and chains")
+    p.add_argument("--out", type=Path, default=Path("out/mcmc_mixing"),
+                   help="folder for mcmc_mixing.nc and mcmc_mixing.png")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
     import xarray as xr
-    from tqdm import tqdm
 
+    from hiergen._progress import progress_bar
     from hiergen.inference.bp import BeliefPropagation
     from hiergen.inference.numpyro_backend import GibbsSampler
     from hiergen.models.noise import UniformCorruption
@@ -59,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = {k: np.full(shape, np.nan) for k in
            ("p_true_bp", "p_true_gibbs", "rhat_class", "ess_class", "rhat_log_joint", "dclass")}
     secs = np.zeros(len(eps_grid))
-    for k, eps in enumerate(tqdm(eps_grid, desc="eps")):
+    for k, eps in enumerate(progress_bar(eps_grid, enabled=not args.no_progress, desc="eps")):
         ev = UniformCorruption(args.v).evidence(data.leaves, eps, seed=args.seed + 2 + k)
         ref = bp.run(ev)
         post = gibbs.run(ev)

@@ -33,8 +33,8 @@ def _grid(spec: str) -> np.ndarray:
 def run(args: argparse.Namespace) -> Any:
     """Compute theory and simulations; returns an ``xarray.Dataset``."""
     import xarray as xr
-    from tqdm import tqdm
 
+    from hiergen._progress import progress_bar
     from hiergen.inference import meanfield as mf
 
     eps, times = _grid(args.eps), _grid(args.times)
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> Any:
     out_e = {k: np.full(shape_e, np.nan) for k in names}
     out_t = {k: np.full(shape_t, np.nan) for k in ["th_marginal", "bp_marginal", "bp_marginal_sem"]}
     eps_t = mf.eps_of_time(times, args.v)
-    for i, L in enumerate(tqdm(depths, desc="depths", disable=args.no_progress)):
+    for i, L in enumerate(progress_bar(depths, enabled=not args.no_progress, desc="depths")):
         th = mf.predict(eps, L=L, **p)
         out_e["th_marginal"][i, :, : L + 1] = th.marginal
         out_e["th_up"][i, :, : L + 1] = th.up
@@ -131,21 +131,35 @@ def plot(ds: Any, path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("hiergen-out/meanfield_vs_bp"))
-    parser.add_argument("--v", type=int, default=16)
-    parser.add_argument("--m", type=int, default=4)
-    parser.add_argument("--s", type=int, default=2)
-    parser.add_argument("--n-classes", type=int, default=None, help="default: v")
-    parser.add_argument("--depths", nargs="+", type=int, default=[2, 3, 4, 5, 6])
-    parser.add_argument("--eps", default="0.05:0.95:19", help="start:stop:count or comma list")
-    parser.add_argument("--times", default="60:300:17", help="DDPM times, start:stop:count")
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("hiergen-out/meanfield_vs_bp"),
+                        help="folder for meanfield_vs_bp.png and meanfield_vs_bp.nc")
+    parser.add_argument("--v", type=int, default=16, help="RHM vocabulary size per level")
+    parser.add_argument("--m", type=int, default=4, help="RHM rules per symbol")
+    parser.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    parser.add_argument("--n-classes", type=int, default=None,
+                        help="RHM number of classes (default: v)")
+    parser.add_argument("--depths", nargs="+", type=int, default=[2, 3, 4, 5, 6],
+                        help="tree depths L")
+    parser.add_argument("--eps", default="0.05:0.95:19",
+                        help="uniform corruption levels as start:stop:count (inclusive) or a "
+                             "comma list")
+    parser.add_argument("--times", default="60:300:17",
+                        help="DDPM diffusion times (T = 1000) as start:stop:count or a comma list")
     parser.add_argument("--n-samples", type=int, default=300, help="samples per RHM seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="RHM seeds")
     parser.add_argument("--no-gaussian", action="store_true", help="skip BP under Gaussian noise")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     ds = run(args)
     from hiergen._files import atomic_write

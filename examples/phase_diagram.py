@@ -44,15 +44,15 @@ def simulate(pairs: Sequence[tuple[int, int]], s: int, depths: tuple[int, int], 
     The deeper curve counts as better somewhere only when it beats the shallower one by
     more than ``tol`` (absolute probability).
     """
-    from tqdm import tqdm
 
+    from hiergen._progress import progress_bar
     from hiergen.inference import meanfield as mf
 
     n = len(pairs)
     root = np.full((n, 2, eps.size), np.nan)
     sem = np.full((n, 2, eps.size), np.nan)
     eps_sim, kind = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
-    for k, (v, m) in enumerate(tqdm(pairs, desc="BP grammars", disable=not progress)):
+    for k, (v, m) in enumerate(progress_bar(pairs, enabled=progress, desc="BP grammars")):
         for j, L in enumerate(depths):
             sim = mf.bp_reconstruction(eps, v, m, s, L, n_samples=n_samples, seeds=seeds)
             root[k, j], sem[k, j] = sim.marginal[:, 0], sim.marginal_sem[:, 0]
@@ -164,23 +164,38 @@ def plot(ds: Any, path: Path) -> Path:
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("hiergen-out/phase_diagram"))
-    parser.add_argument("--s", type=int, default=2)
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line options of this script."""
+    from hiergen.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("hiergen-out/phase_diagram"),
+                        help="folder for phase_diagram.png and phase_diagram.nc")
+    parser.add_argument("--s", type=int, default=2, help="RHM branching factor")
     parser.add_argument("--vmax", type=int, default=32, help="theory grid v = 4..vmax")
-    parser.add_argument("--mmax", type=int, default=0, help="theory grid m <= mmax (0: all)")
+    parser.add_argument("--mmax", type=int, default=0,
+                        help="theory grid m <= mmax; 0: all m, allowed for s = 2 only")
     parser.add_argument("--sim", nargs="+", default=["8:2,3,4,5,6,7", "16:2,4,6,8,10,12"],
-                        help="simulated grammars as v:m1,m2,...")
-    parser.add_argument("--depths", nargs=2, type=int, default=[3, 5], help="two depths")
-    parser.add_argument("--eps-min", type=float, default=0.05)
-    parser.add_argument("--eps-max", type=float, default=0.975)
-    parser.add_argument("--n-eps", type=int, default=38)
+                        help="grammars simulated with exact BP, as v:m1,m2,...")
+    parser.add_argument("--depths", nargs=2, type=int, default=[3, 5],
+                        help="the two depths whose root curves are compared")
+    parser.add_argument("--eps-min", type=float, default=0.05,
+                        help="smallest uniform corruption level of the simulations")
+    parser.add_argument("--eps-max", type=float, default=0.975,
+                        help="largest uniform corruption level of the simulations")
+    parser.add_argument("--n-eps", type=int, default=38,
+                        help="corruption levels from --eps-min to --eps-max")
     parser.add_argument("--n-samples", type=int, default=200, help="samples per RHM seed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="RHM seeds")
     parser.add_argument("--tol", type=float, default=0.003,
-                        help="min advantage of the deeper root curve that counts (default 0.003)")
-    parser.add_argument("--no-progress", action="store_true")
+                        help="least advantage (probability) of the deeper root curve that counts")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.s != 2 and not args.mmax:
         parser.error("--mmax is required for s > 2")

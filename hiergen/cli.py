@@ -18,9 +18,20 @@ from hiergen import __version__
 from hiergen.models.errors import HiergenError
 
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """Appends ``(default: X)`` to every option whose help
-    does not state its default already."""
+def format_default(default: object) -> str:
+    """A default value as a user would type it: lists space-separated, paths as paths."""
+    if isinstance(default, (list, tuple)):
+        return " ".join(str(x) for x in default)
+    return str(default)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to every option whose help does not state its default already.
+
+    Nothing is appended for flags (``store_true``), positionals, and defaults that mean "not
+    given" (``None``, ``False``, ``SUPPRESS``). Lists are shown as typed (``2 4 6``). Used by
+    ``hiergen`` and its sub-commands and by the example scripts in ``examples/``.
+    """
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -34,14 +45,26 @@ class _HelpFormatter(argparse.HelpFormatter):
             or action.nargs == 0
         ):
             return text
-        return f"{text} (default: %(default)s)"
+        shown = format_default(default).replace("%", "%%")
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        """Wrap at spaces only: paths and names like ``hiergen-out/demo`` stay whole."""
+        import textwrap
+
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_on_hyphens=False)
+
+
+#: the former private name
+_HelpFormatter = HelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
     """The parser class of ``hiergen`` and every sub-command (they inherit the formatter)."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
 

@@ -10,17 +10,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (bp: BP throughput and memory)")
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     bp = what.add_parser("bp", help="time all-level BP marginals on the headline RHM")
-    bp.add_argument("--backends", default="numpy,torch,jax", help="comma list (numpy,torch,jax)")
-    bp.add_argument("--depths", default="6,8,10", help="comma list of L")
-    bp.add_argument("--batch", type=int, default=1024)
-    bp.add_argument("--v", type=int, default=32)
-    bp.add_argument("--m", type=int, default=8)
-    bp.add_argument("--s", type=int, default=2)
-    bp.add_argument("--n-classes", type=int, default=32)
-    bp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    bp.add_argument("--device", default=None, help="e.g. cuda (torch) or gpu (jax)")
-    bp.add_argument("--repeats", type=int, default=3)
-    bp.add_argument("--json", type=Path, default=None, help="also write the JSON here")
+    bp.add_argument("--backends", default="numpy,torch,jax",
+                    help="comma list of BP backends to time (numpy, torch, jax)")
+    bp.add_argument("--depths", default="6,8,10", help="comma list of tree depths L")
+    bp.add_argument("--batch", type=int, default=1024, help="data per BP call")
+    bp.add_argument("--v", type=int, default=32, help="RHM vocabulary size per level")
+    bp.add_argument("--m", type=int, default=8, help="RHM rules per symbol")
+    bp.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    bp.add_argument("--n-classes", type=int, default=32, help="RHM number of classes")
+    bp.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                    help="floating-point type of the messages")
+    bp.add_argument("--device", default=None,
+                    help="device of torch/jax, e.g. cuda, cuda:1 (torch) or gpu (jax); "
+                         "default: the library's default device")
+    bp.add_argument("--repeats", type=int, default=3,
+                    help="timed runs per point (the best is reported), after one warm-up")
+    bp.add_argument("--json", type=Path, default=None, help="also write the JSON results to this file")
     bp.set_defaults(func=run_bp)
 
 

@@ -11,15 +11,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--v", type=int, default=4, help="vocabulary size below the root")
     p.add_argument("--m", type=int, default=2, help="rules per symbol")
     p.add_argument("--s", type=int, default=2, help="branching factor")
-    p.add_argument("--L", type=int, default=3, help="depth")
-    p.add_argument("--n-classes", type=int, default=2)
+    p.add_argument("--L", type=int, default=3, help="depth (levels below the class)")
+    p.add_argument("--n-classes", type=int, default=2, help="number of classes (root symbols)")
     p.add_argument("--n", type=int, default=8, help="number of noisy data (batch)")
     p.add_argument("--eps", type=float, default=0.5, help="uniform corruption level")
     p.add_argument("--seed", type=int, default=0, help="seed of the rules, data and noise")
     p.add_argument("--backends", default="bp,pgmpy,numpyro,mcmc,meanfield-vi",
                    help="comma list of backend names (see hiergen.inference.registry)")
     p.add_argument("--num-samples", type=int, default=500, help="draws for the sampling backends")
-    p.add_argument("--out", type=Path, default=None, help="write comparison.csv/.json here")
+    p.add_argument("--out", type=Path, default=None, help="folder for comparison.csv and comparison.json; default: print only")
     p.set_defaults(func=run_compare)
 
 

@@ -6,6 +6,8 @@ import argparse
 import time
 from pathlib import Path
 
+from hiergen.commands.forward_backward import BP_BACKENDS
+
 #: the default run: the paper's RHM (v = n_classes = 32, m = 8, s = 2) at four depths,
 #: 51 Gaussian-diffusion times around the transition, 1000 samples per point
 DEFAULT = {
@@ -38,11 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
             "NetCDF data to --out and prints a summary. Rerunning resumes an interrupted run."
         ),
     )
-    p.add_argument("--out", type=Path, default=Path("hiergen-out/demo"), help="output folder (default ./hiergen-out/demo)")
-    p.add_argument("--quick", action="store_true", help="a tiny run for a smoke test")
-    p.add_argument("--seed", type=int, default=0, help="RHM and sampling seed (default 0)")
-    p.add_argument("--backend", default="numpy", help="BP backend: numpy (default), torch, jax")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--out", type=Path, default=Path("hiergen-out/demo"),
+                   help="output folder (default: %(default)s); the results go to OUT/default, "
+                        "or OUT/quick with --quick")
+    p.add_argument("--quick", action="store_true", help="a tiny run for a smoke test (seconds)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the RHM rules and of the samples")
+    p.add_argument("--backend", default="numpy", choices=BP_BACKENDS, help="BP array backend")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (on stderr)")
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: the array backends of belief propagation (see hiergen.inference.backends.BACKENDS)
+BP_BACKENDS = ("numpy", "torch", "jax")
+
 
 def _int_list(text: str, name: str) -> list[int]:
     from hiergen.models.errors import ConfigError
@@ -45,24 +48,31 @@ def register(sub: argparse._SubParsersAction) -> None:
             "point is saved at once in OUT/points: rerun the same command to resume."
         ),
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder (resumable)")
-    p.add_argument("--v", type=int, default=32)
-    p.add_argument("--n-classes", type=int, default=32)
-    p.add_argument("--m", type=int, default=8)
-    p.add_argument("--s", type=int, default=2)
-    p.add_argument("--depths", default="2,4,6,8,10", help="comma list of L (default 2,4,6,8,10)")
-    p.add_argument("--seeds", default="0", help="comma list of seeds (default 0)")
-    p.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "masking"])
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder; rerunning with the same folder resumes")
+    p.add_argument("--v", type=int, default=32, help="RHM vocabulary size per level")
+    p.add_argument("--n-classes", type=int, default=32, help="RHM number of classes")
+    p.add_argument("--m", type=int, default=8, help="RHM rules per symbol")
+    p.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    p.add_argument("--depths", default="2,4,6,8,10", help="comma list of tree depths L")
+    p.add_argument("--seeds", default="0", help="comma list of RHM seeds")
+    p.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "masking"],
+                   help="gaussian: DDPM diffusion at time t; uniform: corruption eps = t; "
+                        "masking: mask probability t")
     p.add_argument(
         "--times", default=None,
-        help="start:stop:count or comma list (default 0:1000:50 for gaussian, 0:1:50 otherwise)",
+        help="noise levels t as start:stop:count (inclusive) or a comma list; default "
+             "0:1000:50 for gaussian (DDPM steps, T = 1000), 0:1:50 for uniform and masking",
     )
-    p.add_argument("--n-samples", type=int, default=1000)
-    p.add_argument("--backend", default="numpy", help="numpy, torch or jax")
-    p.add_argument("--device", default=None, help="e.g. cuda (torch) or gpu (jax)")
-    p.add_argument("--dtype", default=None, choices=["float32", "float64"])
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--n-samples", type=int, default=1000, help="samples per (depth, seed, time) point")
+    p.add_argument("--backend", default="numpy", choices=BP_BACKENDS, help="BP array backend")
+    p.add_argument("--device", default=None,
+                   help="device of torch/jax, e.g. cuda, cuda:1 (torch) or gpu (jax); "
+                        "default: the library's default device")
+    p.add_argument("--dtype", default=None, choices=["float32", "float64"],
+                   help="floating-point type of BP; default: float64 on numpy, float32 otherwise")
+    p.add_argument("--no-plots", action="store_true", help="do not write the PNG figures")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (on stderr)")
     p.set_defaults(func=run)
 
 

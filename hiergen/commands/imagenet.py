@@ -22,14 +22,15 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 def _add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps, ... (cuda becomes cuda:$LOCAL_RANK under torchrun)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads; default: torch's choice")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--shard-index", type=int, default=None,
                    help="this process's shard (default: $RANK, else 0)")
     p.add_argument("--num-shards", type=int, default=None,
                    help="number of processes (default: $WORLD_SIZE, else 1)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (on stderr)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,52 +42,57 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="diffusers DDPM folder or hub id, or 'digits' (the shipped preset)")
     fb.add_argument("--images", default="digits",
                     help="image folder (class subfolders or flat + --labels), or 'digits'")
-    fb.add_argument("--labels", default=None, help="labels file of a flat (ILSVRC val) folder")
+    fb.add_argument("--labels", default=None,
+                    help="labels file of a flat (ILSVRC val) folder, one label per image")
     fb.add_argument("--classes", default=None,
                     help="class names in label order, one per line (or '<name> <index>' lines); "
                          "default: the sorted names of all class folders, empty ones included")
-    fb.add_argument("--n-per-class", type=int, default=None, help="deterministic subset size")
-    fb.add_argument("--subset-seed", type=int, default=0)
-    fb.add_argument("--out", type=Path, required=True, help="run folder")
-    fb.add_argument("--steps", type=int, default=250, help="respaced steps N")
-    fb.add_argument("--ks", default=None, help="comma list of reversal steps (default: --n-k grid)")
-    fb.add_argument("--n-k", type=int, default=11, help="number of evenly spread k in 0..N")
-    fb.add_argument("--seed", type=int, default=0)
-    fb.add_argument("--dtype", default="float32", choices=DTYPES, help="autocast dtype (CUDA)")
-    fb.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA)")
+    fb.add_argument("--n-per-class", type=int, default=None, help="keep at most this many images per class (a deterministic "
+                         "subset drawn with --subset-seed); default: all")
+    fb.add_argument("--subset-seed", type=int, default=0, help="seed of the --n-per-class subset")
+    fb.add_argument("--out", type=Path, required=True,
+                    help="run folder (created; rerunning resumes)")
+    fb.add_argument("--steps", type=int, default=250, help="respaced diffusion steps N of the sampler (paper: 250)")
+    fb.add_argument("--ks", default=None, help="comma list of reversal steps k in 0..N; default: the --n-k grid")
+    fb.add_argument("--n-k", type=int, default=11, help="number of reversal steps k evenly spread in 0..N (0 and N included)")
+    fb.add_argument("--seed", type=int, default=0, help="seed of the forward noise and of the sampler")
+    fb.add_argument("--dtype", default="float32", choices=DTYPES, help="autocast dtype of the UNet (CUDA)")
+    fb.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA; slow first batch)")
     _add_device(fb)
     fb.set_defaults(func=run_forward_backward)
 
     pr = what.add_parser("probe", help="hook a timm classifier on start vs generated images")
-    pr.add_argument("--out", type=Path, required=True, help="run folder of forward-backward")
+    pr.add_argument("--out", type=Path, required=True, help="run folder written by `hiergen imagenet forward-backward`")
     pr.add_argument("--classifier", default="digits",
                     help="timm model name, hiergen classifier folder, or 'digits'")
-    pr.add_argument("--checkpoint", default=None, help="local weights for a timm model")
-    pr.add_argument("--no-pretrained", action="store_true", help="do not fetch timm weights")
-    pr.add_argument("--hooks", default=None, help="comma list of module names to hook")
+    pr.add_argument("--checkpoint", default=None, help="local weights file for a timm model (instead of downloading)")
+    pr.add_argument("--no-pretrained", action="store_true", help="do not fetch pretrained timm weights")
+    pr.add_argument("--hooks", default=None, help="comma list of dotted module names to hook; default: stem, every "
+                         "stage's downsampling and blocks, and the head")
     pr.add_argument("--name", default="probe",
-                    help="probe results name: RUN/NAME/ and RUN/NAME.nc (default probe); "
-                         "a probe with other settings needs another name")
+                    help="name of the probe results: RUN/NAME/ and RUN/NAME.nc; a probe with other "
+                         "settings needs another name (default: probe)")
     pr.add_argument("--whitening-eps", type=float, default=1e-6,
                     help="added to the per-channel variance before whitening")
     _add_device(pr)
     pr.set_defaults(func=run_probe)
 
     pl = what.add_parser("plot", help="Fig. 2 panels from probe.nc")
-    pl.add_argument("--out", type=Path, required=True, help="run folder")
-    pl.add_argument("--png", type=Path, default=None, help="figure path (default RUN/fig2.png)")
-    pl.add_argument("--name", default="probe", help="which probe results (default probe)")
-    pl.add_argument("--n-grid-images", type=int, default=4, help="rows of the image grid")
-    pl.add_argument("--n-grid-k", type=int, default=6, help="columns of the image grid")
+    pl.add_argument("--out", type=Path, required=True, help="run folder with a merged probe")
+    pl.add_argument("--png", type=Path, default=None, help="PNG file to write; default: RUN/fig2.png")
+    pl.add_argument("--name", default="probe", help="which probe results: RUN/NAME.nc (default: probe)")
+    pl.add_argument("--n-grid-images", type=int, default=4, help="rows (images) of the image grid")
+    pl.add_argument("--n-grid-k", type=int, default=6, help="columns (reversal steps k) of the image grid")
     pl.set_defaults(func=run_plot)
 
     tr = what.add_parser("train-digits", help="train the digits preset DDPM and classifier")
     tr.add_argument("--out", type=Path, required=True, help="folder for ddpm/ and classifier/")
-    tr.add_argument("--ddpm-steps", type=int, default=3000)
-    tr.add_argument("--classifier-epochs", type=int, default=20)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--threads", type=int, default=None)
-    tr.add_argument("--no-progress", action="store_true")
+    tr.add_argument("--ddpm-steps", type=int, default=3000, help="optimizer steps of the DDPM training")
+    tr.add_argument("--classifier-epochs", type=int, default=20, help="epochs of the classifier training")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the training")
+    tr.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads; default: torch's choice")
+    tr.add_argument("--no-progress", action="store_true", help="hide the progress bars (on stderr)")
     tr.set_defaults(func=run_train_digits)
 
 

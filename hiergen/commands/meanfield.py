@@ -22,17 +22,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "critical corruption eps* (and DDPM time t*), and the predicted probability of the "
         "correct value per level for uniform corruption eps (--eps) or diffusion time t (--t).",
     )
-    p.add_argument("--v", type=int, required=True, help="vocabulary size per level")
-    p.add_argument("--m", type=int, required=True, help="rules per symbol")
-    p.add_argument("--s", type=int, required=True, help="branching factor")
-    p.add_argument("--L", type=int, default=None, help="depth for per-level predictions")
-    p.add_argument("--n-classes", type=int, default=None, help="number of classes (default v)")
+    p.add_argument("--v", type=int, required=True, help="RHM vocabulary size per level")
+    p.add_argument("--m", type=int, required=True, help="RHM rules per symbol")
+    p.add_argument("--s", type=int, required=True, help="RHM branching factor")
+    p.add_argument("--L", type=int, default=None,
+                   help="depth L: also print the predictions per level; default: only the "
+                        "L -> inf facts")
+    p.add_argument("--n-classes", type=int, default=None, help="number of classes (default: v)")
     p.add_argument("--eps", type=float, nargs="+", default=None,
-                   help="corruption levels (default 0.1 .. 0.9 and eps*)")
+                   help="uniform corruption levels in [0, 1], with --L (default: 0.1, 0.2, .., "
+                        "0.9 and eps*)")
     p.add_argument("--t", type=float, nargs="+", default=None,
-                   help="DDPM diffusion times instead of --eps (linear schedule, T = 1000)")
+                   help="DDPM diffusion times instead of --eps, with --L (linear schedule, T = 1000)")
     p.add_argument("--statistic", choices=["geometric", "mean"], default="geometric",
-                   help="leaf statistic matched by the t -> eps(t) mapping (default geometric)")
+                   help="leaf statistic matched by the t -> eps(t) mapping (default: geometric)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_meanfield)
 

@@ -22,31 +22,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         ".yaml, .yml, .txt, .grammar). Prints the samples; with --out also writes "
         "grammar.json, samples.json (or samples.npz) and tree.png (first sample).",
     )
-    p.add_argument("--grammar", type=Path, default=None, help="grammar file instead of an RHM")
-    p.add_argument("--v", type=int, default=8, help="RHM vocabulary size per level (default 8)")
-    p.add_argument("--n-classes", type=int, default=4, help="RHM number of classes (default 4)")
-    p.add_argument("--m", type=int, default=2, help="RHM rules per symbol (default 2)")
-    p.add_argument("--s", type=int, default=2, help="RHM branching factor (default 2)")
-    p.add_argument("--L", type=int, default=3, help="RHM depth (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the RHM rules (default 0)")
-    p.add_argument("--n", type=int, default=5, help="number of samples (default 5)")
-    p.add_argument("--sample-seed", type=int, default=None, help="seed of the samples (default: --seed)")
-    p.add_argument("--class", dest="cls", type=int, default=None, help="sample only this class")
-    p.add_argument("--out", type=Path, default=None, help="output folder")
-    p.add_argument("--format", choices=["json", "npz"], default="json", help="samples file format")
-    p.add_argument("--no-draw", action="store_true", help="do not draw the tree")
-    p.add_argument("--show", type=int, default=10, help="print at most this many samples (default 10)")
+    p.add_argument("--grammar", type=Path, default=None,
+                   help="grammar file (.json, .yaml, .yml, .txt, .grammar) instead of an RHM")
+    p.add_argument("--v", type=int, default=8, help="RHM vocabulary size per level")
+    p.add_argument("--n-classes", type=int, default=4, help="RHM number of classes")
+    p.add_argument("--m", type=int, default=2, help="RHM rules per symbol")
+    p.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    p.add_argument("--L", type=int, default=3, help="RHM depth")
+    p.add_argument("--seed", type=int, default=0, help="seed of the RHM rules")
+    p.add_argument("--n", type=int, default=5, help="number of samples")
+    p.add_argument("--sample-seed", type=int, default=None,
+                   help="seed of the samples (default: --seed)")
+    p.add_argument("--class", dest="cls", type=int, default=None,
+                   help="sample only this class (an index); default: all classes")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder for grammar.json, samples.* and tree.png; default: "
+                        "print only")
+    p.add_argument("--format", choices=["json", "npz"], default="json",
+                   help="samples file format: samples.json or samples.npz")
+    p.add_argument("--no-draw", action="store_true",
+                   help="do not draw the tree of the first sample (tree.png)")
+    p.add_argument("--show", type=int, default=10, help="print at most this many samples")
     p.set_defaults(func=run_sample)
 
     g = sub.add_parser("grammar", help="inspect or convert grammar files")
     what = g.add_subparsers(dest="what", metavar="WHAT", required=True)
     info = what.add_parser("info", help="print the properties of a grammar file")
-    info.add_argument("file", type=Path)
+    info.add_argument("file", type=Path,
+                      help="grammar file (.json, .yaml, .yml, .txt, .grammar)")
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
     info.set_defaults(func=run_info)
     conv = what.add_parser("convert", help="convert between .json, .yaml/.yml and .txt/.grammar")
-    conv.add_argument("src", type=Path)
-    conv.add_argument("dst", type=Path)
+    conv.add_argument("src", type=Path, help="grammar file to read")
+    conv.add_argument("dst", type=Path, help="file to write; its extension picks the format")
     conv.set_defaults(func=run_convert)
 
 

@@ -147,7 +147,7 @@ def train_cnn(
     ``epochs``, ``seconds``, the sizes and the grammar's parameters.
     """
     torch = _torch()
-    from tqdm.auto import trange
+    from hiergen._progress import progress_bar
 
     _check_grammar(grammar)
     for name, val in (("n_train", n_train), ("n_test", n_test), ("epochs", epochs),
@@ -179,7 +179,7 @@ def train_cnn(
     t0 = time.perf_counter()
     train_acc = 0.0
     epochs_run = 0
-    bar = trange(int(epochs), desc="train CNN", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(range(int(epochs)), enabled=progress, desc="train CNN")
     for _ in bar:
         epochs_run += 1
         model.train()
@@ -287,8 +287,7 @@ def cnn_probe(
     ``x0_hat`` differs from that of ``x0``), and ``cnn_acc_x0`` (CNN accuracy on ``x0``).
     """
     torch = _torch()
-    from tqdm.auto import tqdm
-
+    from hiergen._progress import progress_bar
     from hiergen.experiments.sweeps import (
         _check_noise,
         _check_times,
@@ -326,7 +325,7 @@ def cnn_probe(
         return acts, logits
 
     res = {k: [] for k in names}
-    for ti in tqdm(range(len(times)), desc="CNN probe", disable=not progress, dynamic_ncols=True):
+    for ti in progress_bar(range(len(times)), enabled=progress, desc="CNN probe"):
         acc: dict[str, list[np.ndarray]] = {k: [] for k in names}
 
         def on_sample(x0: Any, x_hat: Any, acc: dict[str, list[np.ndarray]] = acc) -> None:

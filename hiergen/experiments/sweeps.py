@@ -326,7 +326,7 @@ def _run_tasks(
     the work. Points claimed by another process are done last: waiting for that process,
     then loading its result (or computing the point if that process died).
     """
-    from tqdm.auto import tqdm
+    from hiergen._progress import progress_bar
 
     run = _Runner(times, make_grammar, n_samples=n_samples, noise=noise, backend=backend,
                   dtype=dtype, device=device, store=store)
@@ -336,8 +336,8 @@ def _run_tasks(
             run.load(task)
         else:
             todo.append(task)
-    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc=desc, disable=not progress,
-               unit="pt", dynamic_ncols=True)
+    bar = progress_bar(total=len(tasks), initial=len(tasks) - len(todo), desc=desc,
+                       enabled=progress, unit="pt")
     try:
         busy = []
         for task in todo:
@@ -485,7 +485,7 @@ def forward_backward(
         processes may share the folder (they split the points, see
         :mod:`hiergen.experiments.store`); other settings (including backend and dtype)
         are refused with a :class:`ConfigError`.
-    progress : show a tqdm progress bar.
+    progress : show a progress bar on stderr (plain lines every 10 s when it is a file).
 
     Returns
     -------
