@@ -1,4 +1,4 @@
-"""Shared fixtures: small random grammars of every kind for oracle tests."""
+"""Shared fixtures: small random grammars of every kind for oracle tests, one torch thread."""
 
 from __future__ import annotations
 
@@ -43,3 +43,16 @@ def random_grammar(
 @pytest.fixture
 def make_grammar():
     return random_grammar
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run the test with one torch thread (small CPU tensors; 2 shared cores), then restore.
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``.
+    """
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
