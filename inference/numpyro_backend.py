@@ -81,8 +81,8 @@ class NumPyroEnumeration:
                  batch_chunk: int = 64) -> None:
         self.grammar = grammar
         self.dtype = _check_dtype(dtype)
-        self.max_elements = int(max_elements)
-        self.batch_chunk = int(batch_chunk)
+        self.max_elements = check_int(max_elements, "max_elements", 1)
+        self.batch_chunk = check_int(batch_chunk, "batch_chunk", 1)
         check_enumeration_size(grammar, 1, self.max_elements)
         _enable_x64(self.dtype)
         self.model = GrammarModel(grammar, dtype=self.dtype)
@@ -175,7 +175,7 @@ class NumPyroDiscreteSampler:
         self.num_samples = check_int(num_samples, "num_samples", 1)
         self.seed = seed
         self.dtype = _check_dtype(dtype)
-        self.max_elements = int(max_elements)
+        self.max_elements = check_int(max_elements, "max_elements", 1)
         _enable_x64(self.dtype)
         self.model = GrammarModel(grammar, dtype=self.dtype)
 

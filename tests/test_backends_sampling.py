@@ -43,6 +43,10 @@ def test_sampler_settings_are_checked():
             run(g, lik, "numpyro-sample", num_samples=bad)
     with pytest.raises(BackendError, match="dtype must be 'float32' or 'float64', got 'float16'"):
         run(g, lik, "numpyro-sample", dtype="float16")
+    with pytest.raises(ConfigError, match="batch_chunk must be >= 1, got 0"):
+        run(g, lik, "numpyro", batch_chunk=0)
+    with pytest.raises(ConfigError, match="max_elements must be an integer, got the float 10000000.0"):
+        run(g, lik, "numpyro", max_elements=1e7)
 
 
 @pytest.mark.slow
