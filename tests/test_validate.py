@@ -19,7 +19,7 @@ def test_integers_pass_as_python_ints():
 @pytest.mark.parametrize("value,msg", [
     (True, r"n must be an integer, got True \(bool\)"),
     (2.0, "n must be an integer, got the float 2.0"),
-    (np.float32(2.5), r"n must be an integer, got 2.5 \(float32\)"),
+    (np.float32(2.5), r"n must be an integer, got .*2\.5.* \(float32\)"),
     ("2", r"n must be an integer, got '2' \(str\)"),
     (None, r"n must be an integer, got None \(NoneType\)"),
     (0, "n must be >= 1, got 0"),
