@@ -1,11 +1,18 @@
-"""Shared fixtures: small random grammars of every kind for oracle tests, one torch thread."""
+"""Shared fixtures: small random grammars of every kind for oracle tests, one torch thread,
+loading the example scripts."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from hiergen.models.grammar import Grammar
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def random_grammar(
@@ -56,3 +63,11 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (the examples folder is no package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
