@@ -10,45 +10,42 @@ the repository's top-level folders ``models/``, ``inference/`` and ``imagenet/``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from hiergen._lazy import attach
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
-_LAZY = {
-    "Grammar": "hiergen.models.grammar",
-    "TreeSample": "hiergen.models.grammar",
-    "RHM": "hiergen.models.rhm",
-    "HiergenError": "hiergen.models.errors",
-    "GrammarError": "hiergen.models.errors",
-    "GrammarSyntaxError": "hiergen.models.errors",
-    "EvidenceError": "hiergen.models.errors",
-    "InconsistentEvidenceError": "hiergen.models.errors",
-    "SizeLimitError": "hiergen.models.errors",
-    "BackendError": "hiergen.models.errors",
-    "ConfigError": "hiergen.models.errors",
-    "BeliefPropagation": "hiergen.inference.bp",
-    "Posterior": "hiergen.inference.bp",
-    "GaussianDiffusion": "hiergen.models.noise",
-    "UniformCorruption": "hiergen.models.noise",
-    "Masking": "hiergen.models.noise",
-}
+if TYPE_CHECKING:
+    from hiergen.inference.bp import BeliefPropagation as BeliefPropagation
+    from hiergen.inference.bp import Posterior as Posterior
+    from hiergen.models.errors import BackendError as BackendError
+    from hiergen.models.errors import ConfigError as ConfigError
+    from hiergen.models.errors import EvidenceError as EvidenceError
+    from hiergen.models.errors import GrammarError as GrammarError
+    from hiergen.models.errors import GrammarSyntaxError as GrammarSyntaxError
+    from hiergen.models.errors import HiergenError as HiergenError
+    from hiergen.models.errors import InconsistentEvidenceError as InconsistentEvidenceError
+    from hiergen.models.errors import SizeLimitError as SizeLimitError
+    from hiergen.models.grammar import Grammar as Grammar
+    from hiergen.models.grammar import TreeSample as TreeSample
+    from hiergen.models.noise import GaussianDiffusion as GaussianDiffusion
+    from hiergen.models.noise import Masking as Masking
+    from hiergen.models.noise import UniformCorruption as UniformCorruption
+    from hiergen.models.rhm import RHM as RHM
 
-_SUBMODULES = {"models", "inference", "imagenet", "experiments", "cli", "bench"}
-
-__all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBMODULES:
-        return importlib.import_module(f"hiergen.{name}")
-    raise AttributeError(f"module 'hiergen' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(__all__) | _SUBMODULES)
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "hiergen.models.grammar": ["Grammar", "TreeSample"],
+        "hiergen.models.rhm": ["RHM"],
+        "hiergen.models.errors": [
+            "HiergenError", "GrammarError", "GrammarSyntaxError", "EvidenceError",
+            "InconsistentEvidenceError", "SizeLimitError", "BackendError", "ConfigError",
+        ],
+        "hiergen.inference.bp": ["BeliefPropagation", "Posterior"],
+        "hiergen.models.noise": ["GaussianDiffusion", "UniformCorruption", "Masking"],
+    },
+    submodules=["models", "inference", "imagenet", "experiments", "cli", "bench"],
+    extra=["__version__"],
+)

@@ -6,35 +6,39 @@ Names are imported lazily so that optional dependencies load only when used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-_LAZY = {
-    "BeliefPropagation": "hiergen.inference.bp",
-    "Posterior": "hiergen.inference.bp",
-    "MapEstimate": "hiergen.inference.bp",
-    "PosteriorSample": "hiergen.inference.bp",
-    "brute_force_posterior": "hiergen.inference.bruteforce",
-    "enumerate_trees": "hiergen.inference.bruteforce",
-    "get_ops": "hiergen.inference.backends",
-    "run": "hiergen.inference.registry",
-    "register_backend": "hiergen.inference.registry",
-    "available_backends": "hiergen.inference.registry",
-    "compare_backends": "hiergen.inference.compare",
-    "save_comparison": "hiergen.inference.compare",
-    "PgmpyInference": "hiergen.inference.pgmpy_backend",
-    "NumPyroEnumeration": "hiergen.inference.numpyro_backend",
-    "NumPyroDiscreteSampler": "hiergen.inference.numpyro_backend",
-    "GibbsSampler": "hiergen.inference.numpyro_backend",
-    "MeanFieldVI": "hiergen.inference.numpyro_backend",
-}
+from hiergen._lazy import attach
 
-__all__ = sorted(_LAZY)
+if TYPE_CHECKING:
+    from hiergen.inference.backends import get_ops as get_ops
+    from hiergen.inference.bp import BeliefPropagation as BeliefPropagation
+    from hiergen.inference.bp import MapEstimate as MapEstimate
+    from hiergen.inference.bp import Posterior as Posterior
+    from hiergen.inference.bp import PosteriorSample as PosteriorSample
+    from hiergen.inference.bruteforce import brute_force_posterior as brute_force_posterior
+    from hiergen.inference.bruteforce import enumerate_trees as enumerate_trees
+    from hiergen.inference.compare import compare_backends as compare_backends
+    from hiergen.inference.compare import save_comparison as save_comparison
+    from hiergen.inference.meanfield_vi import MeanFieldVI as MeanFieldVI
+    from hiergen.inference.numpyro_backend import GibbsSampler as GibbsSampler
+    from hiergen.inference.numpyro_backend import NumPyroDiscreteSampler as NumPyroDiscreteSampler
+    from hiergen.inference.numpyro_backend import NumPyroEnumeration as NumPyroEnumeration
+    from hiergen.inference.pgmpy_backend import PgmpyInference as PgmpyInference
+    from hiergen.inference.registry import available_backends as available_backends
+    from hiergen.inference.registry import register_backend as register_backend
+    from hiergen.inference.registry import run as run
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hiergen.inference' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "bp": ["BeliefPropagation", "Posterior", "MapEstimate", "PosteriorSample"],
+        "bruteforce": ["brute_force_posterior", "enumerate_trees"],
+        "backends": ["get_ops"],
+        "registry": ["run", "register_backend", "available_backends"],
+        "compare": ["compare_backends", "save_comparison"],
+        "pgmpy_backend": ["PgmpyInference"],
+        "numpyro_backend": ["NumPyroEnumeration", "NumPyroDiscreteSampler", "GibbsSampler"],
+        "meanfield_vi": ["MeanFieldVI"],
+    },
+)

@@ -82,22 +82,7 @@ def compare_backends(
                        class_accuracy=np.nan, error=f"{type(exc).__name__}: {exc}")
             rows.append(row)
             continue
-        per_level = [float(np.nanmax(np.abs(a - b))) if a.size else np.nan
-                     for a, b in zip(post.marginals, ref.marginals)]
-        for lev, e in enumerate(per_level):
-            row[f"dmarginal_level_{lev}"] = e
-        with np.errstate(invalid="ignore"):
-            dle = np.abs(np.asarray(post.log_evidence) - ref.log_evidence)
-        row.update(
-            seconds=float(post.seconds),
-            max_abs_dmarginal=float(np.nanmax(per_level)),
-            abs_dlog_evidence=float(np.nanmax(dle)) if np.isfinite(dle).any() else np.nan,
-            class_accuracy=float((post.class_probs.argmax(-1) == target).mean()),
-        )
-        if "rhat_class" in post.extra:
-            with np.errstate(all="ignore"):
-                r = np.asarray(post.extra["rhat_class"], dtype=float)
-                row["rhat_class_max"] = float(np.nanmax(r)) if np.isfinite(r).any() else np.nan
+        row.update(_scores(post, ref, target))
         rows.append(row)
     bar.close()
     df = pd.DataFrame(rows)
@@ -105,6 +90,26 @@ def compare_backends(
              "class_accuracy", "bp_class_accuracy", "target", "n_items"]
     rest = [c for c in df.columns if c not in first and c != "error"]
     return df[first + rest + ["error"]]
+
+
+def _scores(post: Any, ref: Any, target: np.ndarray) -> dict[str, Any]:
+    """One backend's errors against the exact BP posterior ``ref``; ``target`` ``(B,)`` classes."""
+    per_level = [float(np.nanmax(np.abs(a - b))) if a.size else np.nan
+                 for a, b in zip(post.marginals, ref.marginals)]
+    row: dict[str, Any] = {f"dmarginal_level_{lev}": e for lev, e in enumerate(per_level)}
+    with np.errstate(invalid="ignore"):
+        dle = np.abs(np.asarray(post.log_evidence) - ref.log_evidence)
+    row.update(
+        seconds=float(post.seconds),
+        max_abs_dmarginal=float(np.nanmax(per_level)),
+        abs_dlog_evidence=float(np.nanmax(dle)) if np.isfinite(dle).any() else np.nan,
+        class_accuracy=float((post.class_probs.argmax(-1) == target).mean()),
+    )
+    if "rhat_class" in post.extra:
+        with np.errstate(all="ignore"):
+            r = np.asarray(post.extra["rhat_class"], dtype=float)
+            row["rhat_class_max"] = float(np.nanmax(r)) if np.isfinite(r).any() else np.nan
+    return row
 
 
 def format_comparison(df: Any) -> str:

@@ -1,6 +1,6 @@
-"""NumPyro / JAX backends: exact enumeration, exact posterior samples, Gibbs MCMC, mean-field VI.
+"""NumPyro / JAX backends: exact enumeration, exact posterior samples, Gibbs MCMC.
 
-All four use the NumPyro formulation of :mod:`hiergen.models.numpyro_model` (root ``x_0``,
+All three use the NumPyro formulation of :mod:`hiergen.models.numpyro_model` (root ``x_0``,
 one rule choice ``r_l`` per node, children ``x_{l+1}``, leaves observed through the
 evidence) and return a :class:`~hiergen.inference.bp.Posterior`:
 
@@ -18,10 +18,9 @@ evidence) and return a :class:`~hiergen.inference.bp.Posterior`:
     updates the class, then the rules of each level in turn — all nodes of a level in
     parallel, as they are conditionally independent — from their exact full conditionals.
     Several chains; an arviz ``InferenceData`` with R-hat and ESS in ``extra``.
-:class:`MeanFieldVI` (``"meanfield-vi"``, approximate)
-    naive mean-field VI: ``q = q(x_0) prod_{l,i} q(r_{l,i})``, fully factorised over the
-    tree's nodes, fitted by coordinate ascent on the exact ELBO; its ``log_evidence`` is the
-    ELBO (a lower bound) and its error against exact BP is reported, not hidden.
+
+The pure-numpy mean-field VI (``"meanfield-vi"``) lives in :mod:`hiergen.inference.meanfield_vi`;
+:class:`MeanFieldVI` and ``LOG_FLOOR`` stay importable from here.
 """
 
 from __future__ import annotations
@@ -31,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from hiergen.inference.meanfield_vi import LOG_FLOOR, MeanFieldVI
 from hiergen.inference.registry import as_log_likelihood
-from hiergen.models.errors import EvidenceError
+from hiergen.models._validate import check_int
+from hiergen.models.errors import BackendError
 from hiergen.models.grammar import Grammar
 from hiergen.models.numpyro_model import (
     NEG,
@@ -51,7 +52,7 @@ def _enable_x64(dtype: str) -> None:
 
 def _check_dtype(dtype: str) -> str:
     if dtype not in ("float32", "float64"):
-        raise EvidenceError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        raise BackendError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return dtype
 
 
@@ -80,8 +81,8 @@ class NumPyroEnumeration:
                  batch_chunk: int = 64) -> None:
         self.grammar = grammar
         self.dtype = _check_dtype(dtype)
-        self.max_elements = int(max_elements)
-        self.batch_chunk = int(batch_chunk)
+        self.max_elements = check_int(max_elements, "max_elements", 1)
+        self.batch_chunk = check_int(batch_chunk, "batch_chunk", 1)
         check_enumeration_size(grammar, 1, self.max_elements)
         _enable_x64(self.dtype)
         self.model = GrammarModel(grammar, dtype=self.dtype)
@@ -170,13 +171,11 @@ class NumPyroDiscreteSampler:
 
     def __init__(self, grammar: Grammar, num_samples: int = 1000, seed: int = 0,
                  dtype: str = "float64", max_elements: int = 20_000_000) -> None:
-        if int(num_samples) < 1:
-            raise EvidenceError(f"num_samples must be >= 1, got {num_samples}")
         self.grammar = grammar
-        self.num_samples = int(num_samples)
+        self.num_samples = check_int(num_samples, "num_samples", 1)
         self.seed = seed
         self.dtype = _check_dtype(dtype)
-        self.max_elements = int(max_elements)
+        self.max_elements = check_int(max_elements, "max_elements", 1)
         _enable_x64(self.dtype)
         self.model = GrammarModel(grammar, dtype=self.dtype)
 
@@ -306,12 +305,10 @@ class GibbsSampler:
 
     def __init__(self, grammar: Grammar, num_samples: int = 500, num_warmup: int = 200,
                  num_chains: int = 4, seed: Any = 0, dtype: str = "float64") -> None:
-        for name, val, lo in (("num_samples", num_samples, 1), ("num_warmup", num_warmup, 0),
-                              ("num_chains", num_chains, 1)):
-            if int(val) < lo:
-                raise EvidenceError(f"{name} must be >= {lo}, got {val}")
         self.grammar = grammar
-        self.num_samples, self.num_warmup, self.num_chains = int(num_samples), int(num_warmup), int(num_chains)
+        self.num_samples = check_int(num_samples, "num_samples", 1)
+        self.num_warmup = check_int(num_warmup, "num_warmup", 0)
+        self.num_chains = check_int(num_chains, "num_chains", 1)
         self.seed = seed
         self.dtype = _check_dtype(dtype)
         _enable_x64(self.dtype)
@@ -454,128 +451,5 @@ def _diagnostics(classes: np.ndarray, log_joint: np.ndarray, n_classes: int) -> 
     }
 
 
-# ====================================================================== naive mean-field VI
-LOG_FLOOR = -1000.0  # log of zero probabilities inside VI (keeps every expectation finite)
-
-
-class MeanFieldVI:
-    """Naive mean-field variational inference over the tree (coordinate ascent, numpy).
-
-    ``q(x_0) prod_{l,i} q(r_{l,i})``: one categorical per tree node — the class at the root,
-    the rule choice at every internal node — independent of each other. Symbols are
-    functions of their ancestors' choices, so under ``q`` each node's symbol distribution
-    ``P_q(x_{l,i})`` follows from a forward pass, and the ELBO is exact and cheap:
-    ``E_q[log p(x_0) + sum log p(r | x) + sum log lik(leaves)] + H(q)``. Each coordinate
-    update maximises it over one level's ``q`` (closed form), so the ELBO never decreases.
-
-    Approximate: the reported marginals are ``P_q(x_{l,i})`` and ``log_evidence`` is the
-    ELBO (a lower bound on ``log p(evidence)``; its gap is ``KL(q || posterior)``). Zero
-    probabilities enter as ``LOG_FLOOR = -1000`` nats.
-
-    Parameters
-    ----------
-    max_iter, tol : sweeps and ELBO-change stopping rule.
-    init : ``"uniform"`` (uniform rule choices, prior class) or ``"random"`` (Dirichlet, seeded).
-    seed : numpy seed for ``init="random"``.
-    """
-
-    def __init__(self, grammar: Grammar, max_iter: int = 200, tol: float = 1e-10,
-                 init: str = "uniform", seed: int = 0) -> None:
-        if init not in ("uniform", "random"):
-            raise EvidenceError(f"init must be 'uniform' or 'random', got {init!r}")
-        self.grammar = grammar
-        self.max_iter, self.tol, self.init, self.seed = int(max_iter), float(tol), init, seed
-        g = grammar
-        with np.errstate(divide="ignore"):
-            self.logp = [np.maximum(np.log(p), LOG_FLOOR) for p in g.probs]  # (v_l, m_l)
-            self.log_prior = np.maximum(np.log(g.root_prior), LOG_FLOOR)
-        # one-hot children (v_l, m_l, s_l, v_{l+1})
-        self.onehot = [np.eye(g.vocab_sizes[lev + 1])[g.children[lev]] for lev in range(g.L)]
-
-    def _forward(self, q0: np.ndarray, q: list[np.ndarray]) -> list[np.ndarray]:
-        """Symbol distributions ``P_q(x_l)`` per level ``(B, n_l, v_l)``."""
-        p = [q0[:, None, :]]
-        for lev in range(self.grammar.L):
-            child = np.einsum("bia,bik,akjc->bijc", p[-1], q[lev], self.onehot[lev], optimize=True)
-            p.append(child.reshape(child.shape[0], -1, child.shape[-1]))
-        return p
-
-    def _gather(self, lev: int, u_child: np.ndarray) -> np.ndarray:
-        """``G[b, i, a, k] = sum_j U_{l+1}[b, i*s+j, children[a, k, j]]``."""
-        g = self.grammar
-        s = g.branching[lev]
-        u = u_child.reshape(u_child.shape[0], -1, s, u_child.shape[-1])  # (B, n_l, s, v_c)
-        return np.einsum("bijc,akjc->biak", u, self.onehot[lev], optimize=True)
-
-    def _backward(self, q: list[np.ndarray], log_lik: np.ndarray) -> list[np.ndarray]:
-        """Expected subtree log-weights ``U_l (B, n_l, v_l)`` given each node's symbol."""
-        g = self.grammar
-        u = [None] * (g.L + 1)
-        u[g.L] = log_lik
-        for lev in reversed(range(g.L)):
-            gath = self._gather(lev, u[lev + 1]) + self.logp[lev][None, None]
-            u[lev] = np.einsum("bik,biak->bia", q[lev], gath)
-        return u
-
-    @staticmethod
-    def _softmax(logits: np.ndarray) -> np.ndarray:
-        z = logits - logits.max(-1, keepdims=True)
-        e = np.exp(z)
-        return e / e.sum(-1, keepdims=True)
-
-    @staticmethod
-    def _entropy(p: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return -np.where(p > 0, p * np.log(p), 0.0).sum(-1)
-
-    def fit(self, log_lik: np.ndarray) -> dict[str, Any]:
-        """Coordinate ascent for a batch of leaf log-likelihoods ``(B, d, v_L)``."""
-        g = self.grammar
-        b = log_lik.shape[0]
-        ll = np.maximum(log_lik, LOG_FLOOR)
-        rng = np.random.default_rng(self.seed)
-        ms = [p.shape[1] for p in g.probs]
-        if self.init == "uniform":
-            q0 = np.broadcast_to(g.root_prior, (b, g.n_classes)).copy()
-            q = [np.full((b, g.n_nodes(lev), ms[lev]), 1.0 / ms[lev]) for lev in range(g.L)]
-        else:
-            q0 = rng.dirichlet(np.ones(g.n_classes), size=b)
-            q = [rng.dirichlet(np.ones(ms[lev]), size=(b, g.n_nodes(lev))) for lev in range(g.L)]
-        elbo_trace = []
-        u = self._backward(q, ll)
-        elbo = np.full(b, -np.inf)
-        for _ in range(self.max_iter):
-            q0 = self._softmax(self.log_prior[None] + u[0][:, 0])
-            p = q0[:, None, :]
-            for lev in range(g.L):
-                gath = self._gather(lev, u[lev + 1]) + self.logp[lev][None, None]
-                q[lev] = self._softmax(np.einsum("bia,biak->bik", p, gath))
-                child = np.einsum("bia,bik,akjc->bijc", p, q[lev], self.onehot[lev], optimize=True)
-                p = child.reshape(b, -1, child.shape[-1])
-            u = self._backward(q, ll)
-            new = (q0 * (self.log_prior[None] + u[0][:, 0])).sum(-1) + self._entropy(q0)
-            new = new + sum(self._entropy(x).sum(-1) for x in q)
-            elbo_trace.append(new)
-            done = np.all(np.abs(new - elbo) <= self.tol * np.maximum(1.0, np.abs(new)))
-            elbo = new
-            if done:
-                break
-        return {"q0": q0, "q": q, "elbo": elbo, "elbo_trace": np.array(elbo_trace),
-                "marginals": self._forward(q0, q), "iterations": len(elbo_trace)}
-
-    def run(self, evidence: Any, log: bool | None = None) -> Any:
-        from hiergen.inference.bp import Posterior
-
-        t0 = time.perf_counter()
-        log_lik = as_log_likelihood(self.grammar, evidence, log)
-        fit = self.fit(log_lik)
-        batch = log_lik.shape[0]
-        return Posterior(
-            marginals=fit["marginals"], log_evidence=fit["elbo"], inconsistent=np.zeros(batch, bool),
-            backend="meanfield-vi", seconds=time.perf_counter() - t0,
-            extra={"log_evidence_kind": "ELBO (lower bound)", "iterations": fit["iterations"],
-                   "elbo_trace": fit["elbo_trace"]},
-        )
-
-
-__all__ = ["NumPyroEnumeration", "NumPyroDiscreteSampler", "GibbsSampler", "MeanFieldVI"]
+# MeanFieldVI and LOG_FLOOR: re-exported from hiergen.inference.meanfield_vi (their old home)
+__all__ = ["NumPyroEnumeration", "NumPyroDiscreteSampler", "GibbsSampler", "MeanFieldVI", "LOG_FLOOR"]

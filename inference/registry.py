@@ -13,7 +13,7 @@ libraries behind them (pgmpy, JAX/NumPyro) load only when a backend is used:
 ========================  ==============================================================
 ``"bp"``                  exact belief propagation (:class:`BeliefPropagation`, numpy)
 ``"bruteforce"``          enumeration of every latent tree (tiny grammars; the oracle)
-``"pgmpy"``               pgmpy exact inference (junction-tree calibration by default)
+``"pgmpy"``               pgmpy exact inference (variable elimination by default)
 ``"numpyro"``             NumPyro enumeration of the discrete sites (funsor), exact
 ``"numpyro-sample"``      exact posterior samples via NumPyro ``infer_discrete``
 ``"mcmc"``                Gibbs sampling over the latent tree (JAX), several chains
@@ -214,14 +214,14 @@ register_backend("bp", "hiergen.inference.bp:BeliefPropagation", "exact",
 register_backend("bruteforce", BruteForce, "exact",
                  "enumeration of every latent tree (tiny grammars only)")
 register_backend("pgmpy", "hiergen.inference.pgmpy_backend:PgmpyInference", "exact",
-                 "pgmpy exact inference (junction tree by default)")
+                 "pgmpy exact inference (variable elimination by default)")
 register_backend("numpyro", "hiergen.inference.numpyro_backend:NumPyroEnumeration", "exact",
                  "NumPyro/funsor enumeration of the discrete sites")
 register_backend("numpyro-sample", "hiergen.inference.numpyro_backend:NumPyroDiscreteSampler",
                  "sampling", "exact posterior samples with NumPyro infer_discrete")
 register_backend("mcmc", "hiergen.inference.numpyro_backend:GibbsSampler", "sampling",
                  "Gibbs sampling over the root and rule choices (JAX, several chains)")
-register_backend("meanfield-vi", "hiergen.inference.numpyro_backend:MeanFieldVI", "approximate",
+register_backend("meanfield-vi", "hiergen.inference.meanfield_vi:MeanFieldVI", "approximate",
                  "naive mean-field VI (coordinate ascent), approximate")
 
 __all__ = [

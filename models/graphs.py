@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from hiergen.models._validate import check_int
 from hiergen.models.errors import GrammarError, SizeLimitError
 from hiergen.models.grammar import Grammar, TreeSample
 
@@ -119,6 +120,106 @@ def _label(symbol: int, level: int, names: list[list[str]] | None) -> str:
     return names[level][symbol] if names is not None else str(symbol)
 
 
+def _drawn_levels(
+    branching: tuple[int, ...], max_levels: int | None, max_nodes_per_level: int
+) -> tuple[list[int], int]:
+    """Nodes per level ``sizes`` (L + 1 ints) and the deepest level ``last`` that is drawn."""
+    depth = len(branching)
+    sizes = [1]
+    for s in branching:
+        sizes.append(sizes[-1] * s)
+    asked = depth if max_levels is None else check_int(max_levels, "max_levels", 0, error=GrammarError)
+    last = min(depth, asked)
+    while last > 0 and sizes[last] > max_nodes_per_level:
+        last -= 1
+    if asked > 0 and depth > 0 and sizes[1] > max_nodes_per_level:
+        raise SizeLimitError(
+            f"cannot draw: level 1 has {sizes[1]} nodes (> max_nodes_per_level={max_nodes_per_level})"
+        )
+    return sizes, last
+
+
+def _check_sample(sample: TreeSample | None, index: int, depth: int) -> None:
+    if sample is None:
+        return
+    if not isinstance(sample, TreeSample):
+        raise GrammarError(f"sample must be a TreeSample, got {type(sample).__name__}")
+    if not 0 <= index < len(sample):
+        raise GrammarError(f"index {index} out of range for a sample of size {len(sample)}")
+    if len(sample.symbols) != depth + 1:
+        raise GrammarError(f"sample has {len(sample.symbols) - 1} levels, the tree has {depth}")
+
+
+def _node_x(branching: tuple[int, ...], sizes: list[int], last: int) -> list[np.ndarray]:
+    """x of every drawn node per level: leaves evenly spaced, parents centred over children."""
+    xs: list[np.ndarray] = [np.arange(sizes[last], dtype=float)]
+    for lev in reversed(range(last)):
+        xs.insert(0, xs[0].reshape(sizes[lev], branching[lev]).mean(axis=1))
+    return xs
+
+
+def _figure_size(
+    sample: TreeSample | None, index: int, names: list[list[str]] | None, sizes: list[int],
+    last: int,
+) -> tuple[float, float]:
+    """(width, height) in inches: wide enough for the longest label under each leaf."""
+    longest = 1
+    if sample is not None:
+        longest = max(
+            len(_label(int(sym), lev, names))
+            for lev in range(last + 1)
+            for sym in sample.symbols[lev][index, : sizes[lev]]
+        )
+    per_leaf = max(0.45, 0.085 * longest + 0.15)
+    width = max(4.0, min(60.0, per_leaf * sizes[last] + 1.5))
+    return width, max(2.5, 1.3 * (last + 1))
+
+
+def _draw_edges(ax: Any, xs: list[np.ndarray], s: int, lev: int, show_factors: bool) -> None:
+    """Edges from the nodes of level ``lev`` to their children (through a factor square)."""
+    y = -float(lev)
+    for i in range(xs[lev].size):
+        x0 = xs[lev][i]
+        fy = y - 0.45
+        for j in range(s):
+            x1 = xs[lev + 1][i * s + j]
+            if show_factors:
+                ax.plot([x0, x0, x1], [y, fy, y - 1], color="0.6", lw=0.8, zorder=1)
+            else:
+                ax.plot([x0, x1], [y, y - 1], color="0.6", lw=0.8, zorder=1)
+        if show_factors:
+            ax.scatter([x0], [fy], marker="s", s=18, color="tab:orange", zorder=2)
+
+
+def _draw_nodes(
+    ax: Any, x: np.ndarray, lev: int, font: int, sample: TreeSample | None, index: int,
+    names: list[list[str]] | None,
+) -> None:
+    """The nodes of level ``lev``: dots, or the sample's symbols in boxes."""
+    y = -float(lev)
+    if sample is None:
+        ax.scatter(x, np.full(x.size, y), s=160 if font == 9 else 60,
+                   color="tab:blue", edgecolors="k", linewidths=0.5, zorder=3)
+    else:
+        box = {"boxstyle": "round,pad=0.25", "facecolor": "#cfe2f3", "edgecolor": "k",
+               "linewidth": 0.5}
+        for i in range(x.size):
+            sym = int(sample.symbols[lev][index, i])
+            ax.text(x[i], y, _label(sym, lev, names), ha="center", va="center",
+                    fontsize=font, zorder=4, bbox=box, clip_on=False)
+    ax.text(-0.8, y, f"l={lev}", ha="right", va="center", fontsize=9)
+
+
+def _default_title(branching: tuple[int, ...], last: int, sample: TreeSample | None, index: int) -> str:
+    depth = len(branching)
+    title = f"tree of depth L={depth}, branching {list(branching)}"
+    if last < depth:
+        title += f" (levels 0..{last} of {depth} shown)"
+    if sample is not None:
+        title += f"; symbols of sample {index}"
+    return title
+
+
 def draw_tree(
     grammar_or_graph: Any,
     path: str | Path,
@@ -144,84 +245,26 @@ def draw_tree(
     Returns the path written.
     """
     branching, names = _tree_info(grammar_or_graph)
-    depth = len(branching)
-    sizes = [1]
-    for s in branching:
-        sizes.append(sizes[-1] * s)
-    last = depth if max_levels is None else min(depth, int(max_levels))
-    if last < 0:
-        raise GrammarError(f"max_levels must be >= 0, got {max_levels}")
-    while last > 0 and sizes[last] > max_nodes_per_level:
-        last -= 1
-    if last == 0 and depth > 0:
-        raise SizeLimitError(
-            f"cannot draw: level 1 has {sizes[1]} nodes (> max_nodes_per_level={max_nodes_per_level})"
-        )
-    if sample is not None:
-        if not isinstance(sample, TreeSample):
-            raise GrammarError(f"sample must be a TreeSample, got {type(sample).__name__}")
-        if not 0 <= index < len(sample):
-            raise GrammarError(f"index {index} out of range for a sample of size {len(sample)}")
-        if len(sample.symbols) != depth + 1:
-            raise GrammarError(f"sample has {len(sample.symbols) - 1} levels, the tree has {depth}")
+    sizes, last = _drawn_levels(branching, max_levels, max_nodes_per_level)
+    _check_sample(sample, index, len(branching))
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    # layout: leaves of the drawn tree evenly spaced, parents centred over their children
-    xs: list[np.ndarray] = [np.arange(sizes[last], dtype=float)]
-    for lev in reversed(range(last)):
-        xs.insert(0, xs[0].reshape(sizes[lev], branching[lev]).mean(axis=1))
-    longest = 1
-    if sample is not None:
-        longest = max(
-            len(_label(int(sym), lev, names))
-            for lev in range(last + 1)
-            for sym in sample.symbols[lev][index, : sizes[lev]]
-        )
-    per_leaf = max(0.45, 0.085 * longest + 0.15)
-    width = max(4.0, min(60.0, per_leaf * sizes[last] + 1.5))
-    height = max(2.5, 1.3 * (last + 1))
-    fig = Figure(figsize=(width, height), dpi=100)
+    xs = _node_x(branching, sizes, last)
+    fig = Figure(figsize=_figure_size(sample, index, names, sizes, last), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     font = 9 if sizes[last] <= 64 else 6
     for lev in range(last + 1):
-        y = -float(lev)
         if lev < last:
-            s = branching[lev]
-            for i in range(sizes[lev]):
-                x0 = xs[lev][i]
-                fy = y - 0.45
-                for j in range(s):
-                    x1 = xs[lev + 1][i * s + j]
-                    if show_factors:
-                        ax.plot([x0, x0, x1], [y, fy, y - 1], color="0.6", lw=0.8, zorder=1)
-                    else:
-                        ax.plot([x0, x1], [y, y - 1], color="0.6", lw=0.8, zorder=1)
-                if show_factors:
-                    ax.scatter([x0], [fy], marker="s", s=18, color="tab:orange", zorder=2)
-        if sample is None:
-            ax.scatter(xs[lev], np.full(sizes[lev], y), s=160 if font == 9 else 60,
-                       color="tab:blue", edgecolors="k", linewidths=0.5, zorder=3)
-        else:
-            box = {"boxstyle": "round,pad=0.25", "facecolor": "#cfe2f3", "edgecolor": "k",
-                   "linewidth": 0.5}
-            for i in range(sizes[lev]):
-                sym = int(sample.symbols[lev][index, i])
-                ax.text(xs[lev][i], y, _label(sym, lev, names), ha="center", va="center",
-                        fontsize=font, zorder=4, bbox=box, clip_on=False)
-        ax.text(-0.8, y, f"l={lev}", ha="right", va="center", fontsize=9)
+            _draw_edges(ax, xs, branching[lev], lev, show_factors)
+        _draw_nodes(ax, xs[lev], lev, font, sample, index, names)
     ax.set_xlim(-1.6, sizes[last] - 0.2)
     ax.set_ylim(-last - 0.5, 0.6)
     ax.axis("off")
-    if title is None:
-        title = f"tree of depth L={depth}, branching {list(branching)}"
-        if last < depth:
-            title += f" (levels 0..{last} of {depth} shown)"
-        if sample is not None:
-            title += f"; symbols of sample {index}"
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_default_title(branching, last, sample, index) if title is None else title,
+                 fontsize=10)
     fig.tight_layout()
     from hiergen._files import atomic_path
 

@@ -1,11 +1,18 @@
-"""Shared fixtures: small random grammars of every kind for oracle tests."""
+"""Shared fixtures: small random grammars of every kind for oracle tests, one torch thread,
+loading the example scripts."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 
 from hiergen.models.grammar import Grammar
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def random_grammar(
@@ -43,3 +50,24 @@ def random_grammar(
 @pytest.fixture
 def make_grammar():
     return random_grammar
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Run the test with one torch thread (small CPU tensors; 2 shared cores), then restore.
+
+    Use per module with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``.
+    """
+    torch = pytest.importorskip("torch")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def load_example(name: str) -> ModuleType:
+    """Import ``examples/<name>.py`` as a module (the examples folder is no package)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -16,7 +16,7 @@ from scipy import stats
 from conftest import random_grammar
 from hiergen import RHM
 from hiergen.inference.registry import run
-from hiergen.models.errors import EvidenceError
+from hiergen.models.errors import BackendError, ConfigError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -30,6 +30,23 @@ def _assert_within(post, ref, n_eff):
     for est, exact in zip(post.marginals, ref.marginals):
         tol = 5 * np.sqrt(exact * (1 - exact) / n_eff) + 2e-3
         assert np.all(np.abs(est - exact) <= tol), np.abs(est - exact).max()
+
+
+def test_sampler_settings_are_checked():
+    """Bad settings are ConfigError / BackendError before anything is compiled."""
+    g = RHM(v=3, n_classes=2, m=2, s=2, L=2, seed=2)
+    lik = _soft_likelihood(g, 1, seed=4)
+    for bad, msg in ((0, "num_samples must be >= 1, got 0"),
+                     (10.0, "num_samples must be an integer, got the float 10.0"),
+                     ("10", "num_samples must be an integer, got '10'")):
+        with pytest.raises(ConfigError, match=msg):
+            run(g, lik, "numpyro-sample", num_samples=bad)
+    with pytest.raises(BackendError, match="dtype must be 'float32' or 'float64', got 'float16'"):
+        run(g, lik, "numpyro-sample", dtype="float16")
+    with pytest.raises(ConfigError, match="batch_chunk must be >= 1, got 0"):
+        run(g, lik, "numpyro", batch_chunk=0)
+    with pytest.raises(ConfigError, match="max_elements must be an integer, got the float 10000000.0"):
+        run(g, lik, "numpyro", max_elements=1e7)
 
 
 @pytest.mark.slow
@@ -72,8 +89,10 @@ def test_gibbs_is_seeded():
     b = run(g, lik, "mcmc", num_samples=50, num_warmup=5, seed=3)
     np.testing.assert_array_equal(a.extra["inference_data"].posterior["class"],
                                   b.extra["inference_data"].posterior["class"])
-    with pytest.raises(EvidenceError, match="num_chains"):
+    with pytest.raises(ConfigError, match="num_chains must be >= 1, got 0"):
         run(g, lik, "mcmc", num_chains=0)
+    with pytest.raises(ConfigError, match=r"num_warmup must be an integer, got 2.5 \(float\)"):
+        run(g, lik, "mcmc", num_warmup=2.5)
 
 
 @pytest.mark.slow
@@ -133,5 +152,7 @@ def test_meanfield_vi_is_exact_when_the_posterior_factorises():
     for a, b in zip(post.marginals, ref.marginals):
         np.testing.assert_allclose(a, b, atol=1e-10)
     np.testing.assert_allclose(post.log_evidence, ref.log_evidence, atol=1e-10)
-    with pytest.raises(EvidenceError, match="init"):
+    with pytest.raises(ConfigError, match="init"):
         run(g, lik, "meanfield-vi", init="magic")
+    with pytest.raises(ConfigError, match="max_iter must be >= 1, got 0"):
+        run(g, lik, "meanfield-vi", max_iter=0)

@@ -34,8 +34,8 @@ def test_items_match_samples():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.usefixtures("torch_one_thread")
 def test_dataloader_batches_and_int_mode():
-    torch.set_num_threads(1)
     g = RHM(v=4, n_classes=2, m=2, s=2, L=2, seed=1)
     ds = GrammarDataset(g, 10, seed=0, one_hot=False, classes=1)
     x, y = ds[0]

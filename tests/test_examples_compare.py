@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import load_example
+
 warnings.filterwarnings("ignore", category=FutureWarning)
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_compare_backends_example(tmp_path):
-    mod = _load("compare_backends")
+    mod = load_example("compare_backends")
     rc = mod.main(["--L", "2", "--n", "4", "--backends", "bp,pgmpy,meanfield-vi,mcmc",
                    "--num-samples", "100", "--out", str(tmp_path)])
     assert rc == 0
@@ -38,7 +29,7 @@ def test_compare_backends_example(tmp_path):
 def test_mcmc_mixing_example(tmp_path):
     import xarray as xr
 
-    mod = _load("mcmc_mixing")
+    mod = load_example("mcmc_mixing")
     rc = mod.main(["--v", "4", "--m", "2", "--n-classes", "2", "--L", "3", "--n", "3",
                    "--eps", "0.1,0.9", "--chains", "3", "--samples", "200", "--warmup", "20",
                    "--out", str(tmp_path)])

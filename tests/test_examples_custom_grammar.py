@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from conftest import load_example
 from hiergen.models.grammar import Grammar
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "custom_grammar.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("custom_grammar_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_custom_grammar_example(tmp_path, capsys):
-    ex = _load()
+    ex = load_example("custom_grammar")
     assert ex.main(["--out", str(tmp_path), "--n", "400", "--seed", "1"]) == 0
     assert (tmp_path / "tree.png").read_bytes()[:4] == b"\x89PNG"
     g = Grammar.load(tmp_path / "grammar.yaml")

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import xarray as xr
 
+from conftest import load_example
 from hiergen.inference import meanfield as mf
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
 def test_meanfield_vs_bp_example(tmp_path, capsys):
-    ex = _load("meanfield_vs_bp")
+    ex = load_example("meanfield_vs_bp")
     argv = ["--out", str(tmp_path), "--depths", "2", "3", "--eps", "0.2,0.6,0.8,0.9",
             "--times", "100,150,250", "--n-samples", "60", "--seeds", "0", "1", "--no-progress"]
     assert ex.main(argv) == 0
@@ -40,7 +29,7 @@ def test_meanfield_vs_bp_example(tmp_path, capsys):
 
 
 def test_phase_diagram_example(tmp_path, capsys):
-    ex = _load("phase_diagram")
+    ex = load_example("phase_diagram")
     argv = ["--out", str(tmp_path), "--vmax", "12", "--sim", "8:3,6", "--depths", "2", "4",
             "--n-eps", "12", "--n-samples", "80", "--seeds", "0", "1", "--no-progress"]
     assert ex.main(argv) == 0

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import xarray as xr
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_example
 
 
 def test_forward_backward_example(tmp_path):
-    mod = _load("forward_backward_rhm")
+    mod = load_example("forward_backward_rhm")
     argv = ["--out", str(tmp_path), "--v", "8", "--n-classes", "8", "--m", "2", "--depths", "2", "3",
             "--times", "0:500:6", "--n-samples", "100", "--no-progress"]
     assert mod.main(argv) == 0
@@ -31,7 +21,7 @@ def test_forward_backward_example(tmp_path):
 
 def test_cnn_probe_example(tmp_path):
     pytest.importorskip("torch")
-    mod = _load("cnn_probe_rhm")
+    mod = load_example("cnn_probe_rhm")
     argv = ["--out", str(tmp_path), "--v", "8", "--n-classes", "8", "--m", "2", "--L", "3",
             "--n-train", "2000", "--n-test", "500", "--width", "32", "--epochs", "3",
             "--times", "0:400:4", "--n-samples", "64", "--no-progress"]

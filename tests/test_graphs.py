@@ -175,3 +175,24 @@ def test_draw_tree_truncates_and_refuses(tmp_path):
         draw_tree(g, tmp_path / "x.png", sample=g.sample(2), index=5)
     with pytest.raises(GrammarError, match="needs a Grammar"):
         draw_tree("not a grammar", tmp_path / "x.png")
+
+
+def _png_size(path):
+    header = path.read_bytes()[:24]
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_draw_tree_max_levels(tmp_path):
+    """The figure is 100 dpi, max(2.5, 1.3 (levels drawn)) inches high: the PNG's height
+    says how many levels were drawn."""
+    g = RHM(4, 2, 2, 2, 2, seed=0)
+    assert _png_size(draw_tree(g, tmp_path / "all.png")) == (400, 390)
+    assert _png_size(draw_tree(g, tmp_path / "one.png", max_levels=1)) == (400, 260)
+    # only the root: allowed even when level 1 would not fit
+    wide = Grammar((1, 2), 300, [[[tuple([0] * 299 + [1])]]])
+    assert _png_size(draw_tree(wide, tmp_path / "root.png", max_levels=0)) == (400, 250)
+    for bad, msg in ((-1, "max_levels must be >= 0, got -1"),
+                     (1.5, "max_levels must be an integer, got 1.5"),
+                     ("2", "max_levels must be an integer, got '2'")):
+        with pytest.raises(GrammarError, match=msg):
+            draw_tree(g, tmp_path / "x.png", max_levels=bad)

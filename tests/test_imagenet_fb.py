@@ -18,13 +18,7 @@ from hiergen.imagenet.forward_backward import (  # noqa: E402
 )
 from hiergen.models.errors import ConfigError  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_ddpm(out_channels=1, variance_type="fixed_small", T=100, seed=0, channels=1,

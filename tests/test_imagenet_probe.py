@@ -21,13 +21,7 @@ from hiergen.imagenet.probe import (  # noqa: E402
 )
 from hiergen.models.errors import ConfigError  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_hooks_cover_every_convnext_block():

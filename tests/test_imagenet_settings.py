@@ -31,12 +31,7 @@ from hiergen.models.errors import ConfigError  # noqa: E402
 needs_preset = pytest.mark.skipif(not have_preset(), reason="digits preset weights not shipped")
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_state_dict_fingerprint_sees_every_byte():

@@ -7,38 +7,41 @@ Public names are imported lazily (``import hiergen.experiments`` stays light)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
-_LAZY = {
-    "forward_backward": "hiergen.experiments.sweeps",
-    "sweep_forward_backward": "hiergen.experiments.sweeps",
-    "forward_backward_point": "hiergen.experiments.sweeps",
-    "default_times": "hiergen.experiments.sweeps",
-    "draw_data": "hiergen.experiments.sweeps",
-    "transition": "hiergen.experiments.analysis",
-    "transitions": "hiergen.experiments.analysis",
-    "Transition": "hiergen.experiments.analysis",
-    "inversion_time": "hiergen.experiments.analysis",
-    "trees_generable": "hiergen.experiments.analysis",
-    "summarize": "hiergen.experiments.analysis",
-    "PointStore": "hiergen.experiments.store",
-    "save_figures": "hiergen.experiments.plots",
-    "TreeCNN": "hiergen.experiments.cnn_probe",
-    "train_cnn": "hiergen.experiments.cnn_probe",
-    "cnn_probe": "hiergen.experiments.cnn_probe",
-}
+from hiergen._lazy import attach
 
-__all__ = sorted(_LAZY)
+if TYPE_CHECKING:
+    from hiergen.experiments.analysis import Transition as Transition
+    from hiergen.experiments.analysis import inversion_time as inversion_time
+    from hiergen.experiments.analysis import summarize as summarize
+    from hiergen.experiments.analysis import transition as transition
+    from hiergen.experiments.analysis import transitions as transitions
+    from hiergen.experiments.analysis import trees_generable as trees_generable
+    from hiergen.experiments.cnn_probe import TreeCNN as TreeCNN
+    from hiergen.experiments.cnn_probe import cnn_probe as cnn_probe
+    from hiergen.experiments.cnn_probe import train_cnn as train_cnn
+    from hiergen.experiments.plots import save_figures as save_figures
+    from hiergen.experiments.store import PointStore as PointStore
+    from hiergen.experiments.sweeps import default_times as default_times
+    from hiergen.experiments.sweeps import draw_data as draw_data
+    from hiergen.experiments.sweeps import forward_backward as forward_backward
+    from hiergen.experiments.sweeps import forward_backward_point as forward_backward_point
+    from hiergen.experiments.sweeps import sweep_forward_backward as sweep_forward_backward
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'hiergen.experiments' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "sweeps": [
+            "forward_backward", "sweep_forward_backward", "forward_backward_point",
+            "default_times", "draw_data",
+        ],
+        "analysis": [
+            "transition", "transitions", "Transition", "inversion_time", "trees_generable",
+            "summarize",
+        ],
+        "store": ["PointStore"],
+        "plots": ["save_figures"],
+        "cnn_probe": ["TreeCNN", "train_cnn", "cnn_probe"],
+    },
+)

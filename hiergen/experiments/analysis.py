@@ -188,16 +188,12 @@ def trees_generable(grammar: Grammar, tree: TreeSample) -> np.ndarray:
     return ok
 
 
-def summarize(ds: xr.Dataset, figures: dict[str, Any] | None = None, data: Any = None) -> str:
-    """A plain-language summary of a forward–backward sweep (what ran, the transition time
-    and its sharpness per depth, the inversion of levels, where figures and data are)."""
+def _summary_header(ds: xr.Dataset, sweep: xr.Dataset, noise: str) -> list[str]:
+    """What ran: the grammar, the depths, samples and seeds, the noise levels, the protocol."""
     from hiergen.experiments.sweeps import TIME_MEANING
 
-    sweep = ds if "L" in ds.dims else ds.expand_dims(L=[int(ds.attrs["L"])])
-    noise = str(ds.attrs.get("noise", "gaussian"))
     t = sweep["time"].values
     depths = [int(x) for x in sweep["L"].values]
-    n_seeds = sweep.sizes.get("seed", 1)
     lines = ["Forward-backward experiment (exact belief propagation)"]
     if "rhm_v" in ds.attrs:
         v, nc, m, s = (int(ds.attrs[f"rhm_{k}"]) for k in ("v", "n_classes", "m", "s"))
@@ -210,65 +206,82 @@ def summarize(ds: xr.Dataset, figures: dict[str, Any] | None = None, data: Any =
         )
     else:
         lines.append(f"  data: {ds.attrs.get('grammar', 'a grammar')}")
-    unit = "steps" if noise == "gaussian" else ""
     lines.append(
         f"  depths L = {', '.join(map(str, depths))}; {ds.attrs.get('n_samples')} samples x "
-        f"{n_seeds} seed(s) per point; {len(t)} noise levels in [{t.min():g}, {t.max():g}] "
-        f"({TIME_MEANING.get(noise, noise)})"
+        f"{sweep.sizes.get('seed', 1)} seed(s) per point; {len(t)} noise levels in "
+        f"[{t.min():g}, {t.max():g}] ({TIME_MEANING.get(noise, noise)})"
     )
     lines.append(
         "  protocol: noise a clean datum x0 to level t, draw x0_hat from the exact posterior "
         "p(x0 | noisy) with BP, count how often each level of the hidden tree changed."
     )
-    tr = transitions(ds, "class_change")
-    lines.append("")
-    lines.append("  depth L | class transition t* | 10-90% width | slope at t*")
+    return lines
+
+
+def _transition_table(tr: xr.Dataset, depths: list[int]) -> list[str]:
+    lines = ["", "  depth L | class transition t* | 10-90% width | slope at t*"]
     for L in depths:
         row = tr.sel(L=L)
         lines.append(
             f"  {L:7d} | {float(row.t_star):19.4g} | {float(row.width):12.4g} | "
             f"{float(row.slope):.3g} per unit t"
         )
-    lines.append("")
+    return lines + [""]
+
+
+def _transition_story(sweep: xr.Dataset, tr: xr.Dataset, unit: str) -> list[str]:
+    """The class transition in words: where, how sharp with depth, the leaves, the inversion."""
     ok = tr["t_star"].notnull()
-    if ok.any():
-        ts = tr["t_star"].where(ok, drop=True)
-        widths = tr["width"].where(ok, drop=True)
-        lo, hi = tr.attrs["low"], tr.attrs["high"]
+    if not ok.any():
+        return ["  The class curve never got halfway: extend the noise range."]
+    ts = tr["t_star"].where(ok, drop=True)
+    widths = tr["width"].where(ok, drop=True)
+    lo, hi = tr.attrs["low"], tr.attrs["high"]
+    lines = [
+        f"  The class (root of the tree) is kept at small t and lost at large t: the "
+        f"probability that it changed reaches half its maximum ({(lo + hi) / 2:.3g} of "
+        f"{hi:.3g}) at t* = {float(ts[-1]):.4g}{(' ' + unit) if unit else ''} for "
+        f"L = {int(ts['L'][-1])}."
+    ]
+    if len(widths) > 1:
+        sharper = float(widths[-1]) < float(widths[0])
         lines.append(
-            f"  The class (root of the tree) is kept at small t and lost at large t: the "
-            f"probability that it changed reaches half its maximum ({(lo + hi) / 2:.3g} of "
-            f"{hi:.3g}) at t* = {float(ts[-1]):.4g}{(' ' + unit) if unit else ''} for "
-            f"L = {int(ts['L'][-1])}."
+            f"  The jump takes {float(widths[0]):.3g} at L = {int(widths['L'][0])} and "
+            f"{float(widths[-1]):.3g} at L = {int(widths['L'][-1])}: "
+            + ("it gets sharper with depth, the signature of a phase transition."
+               if sharper else "it does NOT get sharper with depth here.")
         )
-        if len(widths) > 1:
-            sharper = float(widths[-1]) < float(widths[0])
-            lines.append(
-                f"  The jump takes {float(widths[0]):.3g} at L = {int(widths['L'][0])} and "
-                f"{float(widths[-1]):.3g} at L = {int(widths['L'][-1])}: "
-                + ("it gets sharper with depth, the signature of a phase transition."
-                   if sharper else "it does NOT get sharper with depth here.")
-            )
-        Lmax = depths[-1]
-        pc = sweep["p_change"].sel(L=Lmax)
-        if "seed" in pc.dims:
-            pc = pc.mean("seed")
-        leaves = pc.sel(level=Lmax).values
-        t_star = float(tr["t_star"].sel(L=Lmax))
-        if np.isfinite(t_star):
-            leaf_at = float(np.interp(t_star, t, leaves))
-            lines.append(
-                f"  Low levels change smoothly: at t* the leaves of the L = {Lmax} trees changed "
-                f"in {100 * leaf_at:.0f}% of positions."
-            )
-        t_inv = inversion_time(t, pc.sel(level=0).values, leaves)
-        if np.isfinite(t_inv):
-            lines.append(
-                f"  Inversion: below t = {t_inv:.4g} the leaves change more often than the class; "
-                "above it the class has changed while low-level features are still partly kept."
-            )
-    else:
-        lines.append("  The class curve never got halfway: extend the noise range.")
+    t = sweep["time"].values
+    Lmax = int(sweep["L"].values[-1])
+    pc = sweep["p_change"].sel(L=Lmax)
+    if "seed" in pc.dims:
+        pc = pc.mean("seed")
+    leaves = pc.sel(level=Lmax).values
+    t_star = float(tr["t_star"].sel(L=Lmax))
+    if np.isfinite(t_star):
+        leaf_at = float(np.interp(t_star, t, leaves))
+        lines.append(
+            f"  Low levels change smoothly: at t* the leaves of the L = {Lmax} trees changed "
+            f"in {100 * leaf_at:.0f}% of positions."
+        )
+    t_inv = inversion_time(t, pc.sel(level=0).values, leaves)
+    if np.isfinite(t_inv):
+        lines.append(
+            f"  Inversion: below t = {t_inv:.4g} the leaves change more often than the class; "
+            "above it the class has changed while low-level features are still partly kept."
+        )
+    return lines
+
+
+def summarize(ds: xr.Dataset, figures: dict[str, Any] | None = None, data: Any = None) -> str:
+    """A plain-language summary of a forward–backward sweep (what ran, the transition time
+    and its sharpness per depth, the inversion of levels, where figures and data are)."""
+    sweep = ds if "L" in ds.dims else ds.expand_dims(L=[int(ds.attrs["L"])])
+    noise = str(ds.attrs.get("noise", "gaussian"))
+    depths = [int(x) for x in sweep["L"].values]
+    tr = transitions(ds, "class_change")
+    lines = _summary_header(ds, sweep, noise) + _transition_table(tr, depths)
+    lines += _transition_story(sweep, tr, "steps" if noise == "gaussian" else "")
     if figures:
         lines.append("")
         lines.append("  figures:")
