@@ -183,10 +183,10 @@ def test_ddpm_scheduler_chain_also_equals_reference(monkeypatch):
 
 
 @needs_reference
-@pytest.mark.slow
 def test_papers_250_step_chain_equals_reference(monkeypatch):
-    """N = 250 of T = 1000, learned variance, the full chain from x_T (the paper's k = N)."""
-    flags = resolve_flags(CHAIN_FLAGS)
+    """N = 250 of T = 1000, learned variance, the full chain from x_T (the paper's k = N), on
+    8x8 images to stay fast."""
+    flags = resolve_flags(dict(CHAIN_FLAGS, image_size=8, attention_resolutions="4"))
     mine, ref_out, sampler = _same_noise_chain(flags, 250, 250, [1], monkeypatch)
     assert sampler.schedule.n_steps == 250
     assert float((mine - ref_out).abs().max()) <= 1e-3
@@ -298,3 +298,36 @@ def _tiny_convnext_checkpoint(path):
     model = timm.create_model("convnext_atto", pretrained=False)
     torch.save(model.state_dict(), path)
     return {"name": "convnext_atto"}
+
+
+@needs_reference
+@pytest.mark.slow
+def test_cli_probe_convnext_base_from_local_checkpoint(tmp_path, capsys):
+    """The paper's classifier from a local file: ``probe --classifier convnext_base
+    --checkpoint FILE`` (random weights, no download) records all 41 hooked layers."""
+    import timm
+
+    from hiergen.cli import main
+    from hiergen.imagenet.data import save_png
+    from hiergen.imagenet.guided import save_converted
+
+    flags = resolve_flags(dict(CHAIN_FLAGS, image_size=8, attention_resolutions="4"))
+    unet, sched = convert_guided_diffusion(reference_model(flags).state_dict(), flags)
+    save_converted(unet, sched, tmp_path / "ddpm", flags=flags)
+    for i in range(2):
+        save_png(np.random.default_rng(i).uniform(-1, 1, (3, 8, 8)).astype(np.float32),
+                 tmp_path / "imgs" / "a" / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["imagenet", "forward-backward", "--ddpm", str(tmp_path / "ddpm"), "--images",
+                 str(tmp_path / "imgs"), "--steps", "4", "--ks", "0,2", "--out", str(run),
+                 "--no-progress"]) == 0
+    torch.manual_seed(0)
+    torch.save(timm.create_model("convnext_base", pretrained=False).state_dict(),
+               tmp_path / "convnext_base.pth")
+    assert main(["imagenet", "probe", "--out", str(run), "--classifier", "convnext_base",
+                 "--checkpoint", str(tmp_path / "convnext_base.pth"), "--no-progress"]) == 0
+    import xarray as xr
+
+    with xr.open_dataset(run / "probe.nc") as ds:
+        assert ds.sizes["layer"] == 41 and ds.sizes["class"] == 1000
+        np.testing.assert_allclose(ds["cosine"].sel(k=0).values, 1.0, atol=1e-5)
