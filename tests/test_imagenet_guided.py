@@ -192,6 +192,29 @@ def test_papers_250_step_chain_equals_reference(monkeypatch):
     assert float((mine - ref_out).abs().max()) <= 1e-3
 
 
+@needs_reference
+@pytest.mark.parametrize("preset", ["256x256_uncond", "256x256_cond", "64x64_cond", "lsun_256"])
+def test_full_size_presets_map_every_reference_key(preset):
+    """The released models at full size, on the meta device (no memory, no weights): every
+    key of guided-diffusion's ``create_model`` maps onto the UNet2DModel with its shape."""
+    from diffusers import UNet2DModel
+
+    from hiergen.imagenet.guided import convert_state_dict
+
+    flags = dict(resolve_flags(preset), use_fp16=False)
+    with torch.device("meta"):
+        ref = create_model(**{k: flags[k] for k in MODEL_FLAGS})
+        kwargs = unet_kwargs(flags)
+        expected = UNet2DModel(**kwargs).state_dict()
+    sd = convert_state_dict(ref.state_dict(), kwargs, flags["use_new_attention_order"])
+    assert set(sd) == set(expected)
+    assert all(sd[k].shape == expected[k].shape for k in sd)
+    n = sum(v.numel() for v in sd.values())
+    assert n == sum(v.numel() for v in ref.state_dict().values())
+    if preset == "256x256_uncond":
+        assert round(n / 1e6, 1) == 552.8  # the paper's DDPM
+
+
 # ---- presets, flags diffusers cannot express, bad checkpoints -----------------------------------
 def test_presets_and_unsupported_flags():
     kw = unet_kwargs(resolve_flags("256x256_uncond"))
