@@ -13,6 +13,7 @@ Submodules (torch, diffusers and timm are imported only when used):
 * :mod:`~hiergen.imagenet.probe_merge` - the probe's run-folder layout and ``probe.nc``;
 * :mod:`~hiergen.imagenet.settings` - fingerprints and settings records (no mixing of caches);
 * :mod:`~hiergen.imagenet.plots` - the Fig. 2 panels;
+* :mod:`~hiergen.imagenet.guided` - OpenAI guided-diffusion checkpoints as diffusers UNets;
 * :mod:`~hiergen.imagenet.digits` - the CPU-scale ``digits`` preset (training and shipped weights).
 
 The main names are re-exported lazily: ``from hiergen.imagenet import RespacedDDPM`` imports
@@ -46,6 +47,8 @@ _EXPORTS = {
     "merge_probe": "probe_merge",
     "state_dict_fingerprint": "settings",
     "plot_fig2": "plots",
+    "convert_guided_diffusion": "guided",
+    "save_converted": "guided",
     "train_preset": "digits",
     "export_digits_folder": "digits",
     "digits_arrays": "digits",

@@ -44,9 +44,26 @@ def test_hooks_cover_every_convnext_block():
     rec.close()
 
 
-def test_convnext_base_has_the_papers_41_hooks():
+def test_convnext_base_has_the_papers_41_hooks(tmp_path):
+    """A random convnext_base (no download) saved to a local file: the probe's loader takes it as
+    ``--checkpoint`` and hooks the paper's 41 modules (stem, 36 blocks, 3 downsamplings, head)."""
+    torch.manual_seed(0)
     model = timm.create_model("convnext_base", pretrained=False)
-    assert len(hook_points(model)) == 41
+    points = hook_points(model)
+    assert len(points) == 41
+    names = [n for n, _ in points]
+    assert names[0] == "stem" and names[-1] == "head"
+    assert sum(".blocks." in n for n in names) == 3 + 3 + 27 + 3
+    torch.save(model.state_dict(), tmp_path / "convnext_base.pth")
+    clf = load_classifier("convnext_base", pretrained=False,
+                          checkpoint=tmp_path / "convnext_base.pth")
+    assert [n for n, _ in hook_points(clf.model)] == names
+    assert clf.input_size == 224 and clf.num_classes == 1000
+    from hiergen.imagenet.settings import state_dict_fingerprint
+
+    assert clf.fingerprint == state_dict_fingerprint(model.state_dict())
+    other = timm.create_model("convnext_base", pretrained=False)  # other random weights
+    assert state_dict_fingerprint(other.state_dict()) != clf.fingerprint
 
 
 def test_hooks_resnet_and_explicit_names():

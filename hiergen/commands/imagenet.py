@@ -4,6 +4,8 @@
     hiergen imagenet forward-backward --ddpm digits --images digits --out run/ --steps 50 --n-k 11
     hiergen imagenet probe --out run/ --classifier digits
     hiergen imagenet plot --out run/
+    hiergen imagenet convert --guided-diffusion 256x256_diffusion_uncond.pt \
+        --preset 256x256_uncond --out openai-256-uncond/
 
 All three run steps are resumable (finished (image, k) PNGs and probe parts are kept) and split
 over processes with ``--shard-index/--num-shards`` or torchrun's ``RANK``/``WORLD_SIZE``. A run
@@ -84,6 +86,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("--n-grid-images", type=int, default=4, help="rows (images) of the image grid")
     pl.add_argument("--n-grid-k", type=int, default=6, help="columns (reversal steps k) of the image grid")
     pl.set_defaults(func=run_plot)
+
+    cv = what.add_parser("convert", help="convert a guided-diffusion checkpoint to a diffusers "
+                                         "DDPM folder (for forward-backward --ddpm)")
+    cv.add_argument("--guided-diffusion", required=True, metavar="CKPT",
+                    help="OpenAI guided-diffusion .pt checkpoint")
+    cv.add_argument("--preset", default="256x256_uncond",
+                    help="the checkpoint's flags: 256x256_uncond (the paper's), 256x256_cond, "
+                         "64x64_cond, lsun_256, ...")
+    cv.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
+                    help="override one guided-diffusion flag of the preset (repeatable)")
+    cv.add_argument("--out", type=Path, required=True, help="output DDPM folder")
+    cv.set_defaults(func=run_convert)
 
     tr = what.add_parser("train-digits", help="train the digits preset DDPM and classifier")
     tr.add_argument("--out", type=Path, required=True, help="folder for ddpm/ and classifier/")
@@ -257,4 +271,42 @@ def run_train_digits(args: argparse.Namespace) -> int:
                         classifier_epochs=args.classifier_epochs, seed=args.seed,
                         progress=not args.no_progress)
     print(json.dumps(info))
+    return 0
+
+
+def _flag_overrides(items: list[str]) -> dict:
+    """``--set FLAG=VALUE`` items, each VALUE coerced to the type of guided-diffusion's default."""
+    from hiergen.imagenet.guided import DEFAULT_FLAGS
+    from hiergen.models.errors import ConfigError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in DEFAULT_FLAGS:
+            raise ConfigError(f"--set {item}: expected FLAG=VALUE with a guided-diffusion flag "
+                              f"({', '.join(sorted(DEFAULT_FLAGS))})")
+        default = DEFAULT_FLAGS[name]
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                out[name] = value.lower() in ("true", "1")
+            else:
+                out[name] = type(default)(value)
+        except ValueError as exc:
+            raise ConfigError(f"--set {item}: {name} takes a {type(default).__name__}") from exc
+    return out
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from hiergen.imagenet.guided import convert_guided_diffusion, resolve_flags, save_converted
+
+    overrides = _flag_overrides(args.set)
+    flags = resolve_flags(args.preset, overrides)
+    _check_out(args.out)
+    unet, scheduler = convert_guided_diffusion(args.guided_diffusion, flags)
+    save_converted(unet, scheduler, args.out, flags=flags, source=args.guided_diffusion)
+    n_params = sum(p.numel() for p in unet.parameters())
+    print(json.dumps({"out": str(args.out), "parameters": n_params, "flags": flags,
+                      "respacing_hint": flags["timestep_respacing"]}))
     return 0
