@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bp.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     bp.add_argument("--device", default=None, help="e.g. cuda (torch) or gpu (jax)")
     bp.add_argument("--repeats", type=int, default=3)
+    bp.add_argument("--engines", default="kernel,array,plain",
+                    help="numpy engines, comma list: kernel (numba), array, plain (baseline)")
+    bp.add_argument("--no-sampling", action="store_true", help="skip the posterior-sampling rows")
     bp.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     bp.set_defaults(func=run_bp)
 
@@ -33,9 +36,14 @@ def run_bp(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--depths must be a comma list of integers, got {args.depths!r}") from exc
     backends = [b for b in args.backends.split(",") if b]
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(engines) - {"kernel", "array", "plain"})
+    if unknown or not engines:
+        raise ConfigError(f"--engines must be a comma list of kernel, array, plain; got {args.engines!r}")
     results = bench_bp(
         backends=backends, depths=depths, batch=args.batch, v=args.v, m=args.m, s=args.s,
         n_classes=args.n_classes, dtype=args.dtype, device=args.device, repeats=args.repeats,
+        engines=engines, sampling=not args.no_sampling,
     )
     print(format_table(results))
     text = results_json(results)
