@@ -97,15 +97,14 @@ def _exp32(t, k):  # pragma: no cover - compiled
 
 
 @njit(**_OPTS)
-def _leaves(ev, b, is_log, v, d, rs, iperm, x, t, k, fast_exp):  # pragma: no cover - compiled
-    """Leaf messages of item ``b`` into ``x`` ``(v, d)`` (storage order), unnormalised, via
-    the natural-order temporary ``t`` ``(d, v)``. Log-evidence is shifted by its per-leaf
-    max (returned summed, float64)."""
+def _leaves(ev, b, is_log, v, d, rs, iperm, x, k, fast_exp):  # pragma: no cover - compiled
+    """Leaf messages of item ``b`` into ``x`` ``(v, d)`` (storage order), unnormalised.
+    Log-evidence is shifted by its per-leaf max in the evidence's precision (the shifts are
+    returned summed, float64), then exponentiated row by row."""
     shift = 0.0
-    tv = t[:d * v]
-    for c in range(d):
-        e = ev[b, c]
-        r = tv[c * v:(c + 1) * v]
+    for q in range(d):  # storage order: the strided writes stay in L1 (padded rows)
+        e = ev[b, iperm[q]]
+        xq = x[q:]
         if is_log:
             mx = e[0]
             for a in range(v):
@@ -114,21 +113,18 @@ def _leaves(ev, b, is_log, v, d, rs, iperm, x, t, k, fast_exp):  # pragma: no co
                 mx = 0.0
             shift += np.float64(mx)
             for a in range(v):
-                r[a] = e[a] - mx
+                xq[a * rs] = e[a] - mx
         else:
             for a in range(v):
-                r[a] = e[a]
+                xq[a * rs] = e[a]
     if is_log:
-        if fast_exp:
-            _exp32(tv, k[:d * v])
-        else:
-            for i in range(d * v):
-                tv[i] = np.exp(tv[i])
-    for q in range(d):
-        r = tv[iperm[q] * v:(iperm[q] + 1) * v]
-        xq = x[q:]
         for a in range(v):
-            xq[a * rs] = r[a]
+            row = x[a * rs:a * rs + d]
+            if fast_exp:
+                _exp32(row, k[:d])
+            else:
+                for i in range(d):
+                    row[i] = np.exp(row[i])
     return shift
 
 
@@ -239,9 +235,9 @@ def _down_level(g, up_c, dn, ch, pr, nr, vp, vc, m, s, n, rsp, rsc, uniform, til
 
 
 @njit(**_OPTS)
-def _marginals_out(dn, up, v, n, rs, zd, zm, iperm, out, last):  # pragma: no cover - compiled
+def _marginals_out(dn, up, v, n, rs, zd, zm, iperm, out, last, tmp):  # pragma: no cover - compiled
     """Rescale ``dn`` ``(v, n)`` per node (unless ``last``) and write the marginals
-    ``dn * up`` normalised, natural order ``(n, v)``, to ``out``."""
+    ``dn * up`` normalised, natural order ``(n, v)``, to ``out`` (via ``tmp`` ``(v, n)``)."""
     zdv = zd[:n]
     zmv = zm[:n]
     zdv[:] = 0.0
@@ -255,13 +251,17 @@ def _marginals_out(dn, up, v, n, rs, zd, zm, iperm, out, last):  # pragma: no co
     for q in range(n):
         zdv[q] = 1.0 / zdv[q] if zdv[q] > 0.0 else 1.0
         zmv[q] = 1.0 / zmv[q] if zmv[q] > 0.0 else 0.0
-    for q in range(n):  # storage order: the v column reads stay in L1
+    for a in range(v):
+        d = dn[a * rs:a * rs + n]
+        u = up[a * rs:a * rs + n]
+        t = tmp[a * rs:a * rs + n]
+        for q in range(n):
+            t[q] = d[q] * u[q] * zmv[q]
+    for q in range(n):  # storage order: the column reads stay in L1 (padded rows)
         o = out[iperm[q] * v:(iperm[q] + 1) * v]
-        dq = dn[q:]
-        uq = up[q:]
-        f = zmv[q]
+        tq = tmp[q:]
         for a in range(v):
-            o[a] = dq[a * rs] * uq[a * rs] * f
+            o[a] = tq[a * rs]
     if not last:
         for a in range(v):
             d = dn[a * rs:a * rs + n]
@@ -298,7 +298,7 @@ def _upward(ev, b, is_log, intev, ioff, G, mode, up, best, z, z2, t, k, tile, fa
     v, d = vs[L], ns[L]
     xl = up[uoff[L]:uoff[L + 1]]
     ipl = iperm[poff[L]:poff[L] + d]
-    lz = _leaves(ev, b, is_log, v, d, rs[L], ipl, xl, t, k, fast_exp)
+    lz = _leaves(ev, b, is_log, v, d, rs[L], ipl, xl, k, fast_exp)
     lzl, bad = _normalise(xl, v, d, rs[L], z, True)
     lz += lzl
     if ioff[L] >= 0:
@@ -322,7 +322,7 @@ def _upward(ev, b, is_log, intev, ioff, G, mode, up, best, z, z2, t, k, tile, fa
 
 
 @njit(**_OPTS)
-def _downward(b, prior, intev, ioff, G, up, dA, dB, z, z2, marg, moff, tile):  # pragma: no cover
+def _downward(b, prior, intev, ioff, G, up, dA, dB, z, z2, t, marg, moff, tile):  # pragma: no cover
     """Downward pass and marginals of levels 1..L of item ``b`` (level 0 written by caller)."""
     vs, ns, ss, ms, rs, ch, choff, pr, proff, nr, nroff, uni, luni, uoff, perm, iperm, poff, boff = G
     L = ns.shape[0] - 1
@@ -341,7 +341,7 @@ def _downward(b, prior, intev, ioff, G, up, dA, dB, z, z2, marg, moff, tile):  #
                     tile, z)
         o = moff[lev + 1] + b * nc * vc
         _marginals_out(dn, up_c, vc, nc, rs[lev + 1], z, z2, iperm[poff[lev + 1]:poff[lev + 1] + nc],
-                       marg[o:o + nc * vc], lev + 1 == L)
+                       marg[o:o + nc * vc], lev + 1 == L, t)
         dA, dB = dB, dA
 
 
@@ -422,7 +422,7 @@ def bp_batch(ev, is_log, prior, intev, ioff, G, mode, want_marg, want_tree, unif
     for lev in range(L + 1):
         wide = max(wide, vs[lev] * rs[lev])
         nmax = max(nmax, rs[lev])
-    tsize = vs[L] * ns[L]
+    tsize = ns[L]
     for task in prange(n_tasks):
         buf = scratch[task]
         up = buf[:total]
@@ -445,7 +445,7 @@ def bp_batch(ev, is_log, prior, intev, ioff, G, mode, want_marg, want_tree, unif
             if want_marg:
                 for a in range(vs[0]):
                     marg[moff[0] + b * vs[0] + a] = np.float64(prior[b, a]) * up[a * rs[0]] / tot
-                _downward(b, prior, intev, ioff, G, up, dA, dB, z, z2, marg, moff, tile)
+                _downward(b, prior, intev, ioff, G, up, dA, dB, z, z2, t, marg, moff, tile)
             if want_tree:
                 if mode == _SUM:
                     for a in range(vs[0]):
@@ -522,11 +522,11 @@ class BPKernel:
         self.vs, self.ns = vs, ns
         self.n_uniforms = 1 + int(ns[:L].sum())
         wide = int((vs * rs).max())
-        self.leaf_size = int(vs[L] * ns[L])
+        self.leaf_size = int(ns[L])
         self.best_size = int(self.tables[-1][-1])
-        tail = max(self.leaf_size, int(vs.max()), int(ms.max()))
+        tail = max(wide, int(ms.max()))
         self.scratch_size = int(self.uoff[-1]) + 2 * wide + 2 * int(rs.max()) + tail
-        self.tile = 64
+        self.tile = 1 << 20  # no node tiling: rows stream from L2 fastest (measured)
 
     def run(
         self,
