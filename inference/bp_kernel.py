@@ -27,6 +27,7 @@ This module imports numba at import time; :mod:`hiergen.inference.bp` imports it
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,9 @@ from hiergen.models.grammar import Grammar
 
 _OPTS = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy", "boundscheck": False}
 _SUM, _MAX = 0, 1
+# numba's fallback "workqueue" threading layer aborts on concurrent parallel launches from
+# several Python threads: calls into the kernel are serialised (each uses every core anyway)
+_LAUNCH = threading.Lock()
 
 
 # ---------------------------------------------------------------------------- per-level steps
@@ -573,10 +577,11 @@ class BPKernel:
         scratch = np.empty((n_tasks, self.scratch_size), dtype=self.dtype)
         isize = self.leaf_size + (self.best_size if mode == "max" else 0)
         iscratch = np.empty((n_tasks, isize), dtype=np.int32)
-        numba.set_num_threads(threads)
-        bp_batch(ev, bool(is_log), prior, intev, ioff, self.tables, _SUM if mode == "sum" else _MAX,
-                 bool(marginals), bool(tree), unif, marg, moff, log_ev, bad, syms, soff, rules, roff,
-                 scratch, iscratch, self.tile, self.dtype == np.float32)
+        with _LAUNCH:
+            numba.set_num_threads(threads)
+            bp_batch(ev, bool(is_log), prior, intev, ioff, self.tables, _SUM if mode == "sum" else _MAX,
+                     bool(marginals), bool(tree), unif, marg, moff, log_ev, bad, syms, soff, rules,
+                     roff, scratch, iscratch, self.tile, self.dtype == np.float32)
         out = (
             [marg[moff[lev]:moff[lev + 1]].reshape(B, int(ns[lev]), int(vs[lev])) for lev in range(L + 1)]
             if marginals else []
