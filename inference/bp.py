@@ -637,7 +637,8 @@ class BeliefPropagation:
         """
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
         if self.engine == "kernel":
-            return self._kernel_call(0.0, arr, is_log, prior_arr, internal, marginals=False, seed=seed)[1]
+            return self._kernel_call(0.0, arr, is_log, prior_arr, internal, marginals=False, sample=True,
+                                     seed=seed)[1]
         ops = self.ops
         rng = ops.make_rng(seed)
         bad = np.zeros(batch, dtype=bool)
@@ -719,16 +720,17 @@ class BeliefPropagation:
             return self.run(evidence, **kw), self.sample(evidence, seed, **kw)
         t0 = time.perf_counter()
         arr, is_log, prior_arr, internal, _ = self._prepare(evidence, log, prior, internal_evidence)
-        post, tree = self._kernel_call(t0, arr, is_log, prior_arr, internal, marginals=True, seed=seed)
+        post, tree = self._kernel_call(t0, arr, is_log, prior_arr, internal, marginals=True, sample=True,
+                                       seed=seed)
         return post, tree
 
     # ------------------------------------------------------------------ kernel engine
     def _kernel_call(self, t0: float, arr: Any, is_log: bool, prior_arr: np.ndarray, internal: list[Any],
-                     *, marginals: bool = True, seed: Any = None, mode: str = "sum") -> tuple[Any, Any]:
+                     *, marginals: bool = True, sample: bool = False, seed: Any = None,
+                     mode: str = "sum") -> tuple[Any, Any]:
         """Run the numba kernel (:mod:`hiergen.inference.bp_kernel`) on prepared inputs.
 
-        Returns ``(Posterior, TreeSample)`` for ``mode="sum"`` (the tree only when ``seed`` is
-        given) or ``(None, MapEstimate)`` for ``mode="max"``. Posterior samples use one uniform
+        Returns ``(Posterior, TreeSample)`` for ``mode="sum"`` (the tree only with ``sample``) or ``(None, MapEstimate)`` for ``mode="max"``. Posterior samples use one uniform
         per node drawn up front from ``numpy.random.default_rng(seed)``: deterministic given
         the seed, independent of the number of threads."""
         from hiergen.inference.bp_kernel import BPKernel
@@ -737,9 +739,9 @@ class BeliefPropagation:
             self._kernel = BPKernel(self.grammar, self.ops.dtype)
         k = self._kernel
         batch = int(arr.shape[0])
-        tree = mode == "max" or seed is not None
+        tree = mode == "max" or sample
         uniforms = None
-        if mode == "sum" and seed is not None:
+        if mode == "sum" and sample:
             rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
             uniforms = rng.random((batch, k.n_uniforms))
         with self._context():
