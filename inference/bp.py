@@ -33,7 +33,7 @@ import numpy as np
 
 from hiergen.inference import inputs
 from hiergen.inference.backends import ArrayOps, get_ops
-from hiergen.models.errors import EvidenceError, InconsistentEvidenceError
+from hiergen.models.errors import BackendError, EvidenceError, InconsistentEvidenceError
 from hiergen.models.grammar import Grammar, TreeSample
 from hiergen.models.noise import Evidence
 
@@ -166,6 +166,9 @@ class BeliefPropagation:
         symbols and rules, ``inconsistent`` set on the returned trees / estimate).
     threads : worker threads over batch chunks for the numpy backend (default: CPU count,
         at most 4).
+    engine : ``"auto"`` (default: the compiled kernel for the numpy backend, the array code
+        otherwise), ``"kernel"`` (numba kernel of :mod:`hiergen.inference.bp_kernel`, numpy
+        backend only) or ``"array"`` (this module's array-at-a-time code, the reference).
 
     Examples
     --------
@@ -187,6 +190,7 @@ class BeliefPropagation:
         batch_chunk: int | None = None,
         on_inconsistent: str = "raise",
         threads: int | None = None,
+        engine: str = "auto",
     ) -> None:
         if not isinstance(grammar, Grammar):
             raise EvidenceError(f"BeliefPropagation needs a Grammar, got {type(grammar).__name__}")
@@ -211,6 +215,8 @@ class BeliefPropagation:
             threads = min(4, os.cpu_count() or 1)
         self.threads = int(threads)
         self._compiled: dict[str, Any] = {}
+        self.engine = _choose_engine(engine, backend)
+        self._kernel: Any = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -616,6 +622,8 @@ class BeliefPropagation:
         """
         t0 = time.perf_counter()
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
+        if self.engine == "kernel":
+            return self._kernel_call(t0, arr, is_log, prior_arr, internal, marginals=marginals)[0]
         ops, L = self.ops, self.grammar.L
         g = self.grammar
         out_dtype = np.float64 if ops.float64 else np.float32
@@ -683,6 +691,9 @@ class BeliefPropagation:
         rule (leaves included), never an ordinary-looking tree.
         """
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
+        if self.engine == "kernel":
+            return self._kernel_call(0.0, arr, is_log, prior_arr, internal, marginals=False, sample=True,
+                                     seed=seed)[1]
         ops = self.ops
         rng = ops.make_rng(seed)
         bad = np.zeros(batch, dtype=bool)
@@ -733,6 +744,8 @@ class BeliefPropagation:
         ``MapEstimate.inconsistent`` with ``log_prob = -inf`` and ``-1`` symbols and rules.
         """
         arr, is_log, prior_arr, internal, batch = self._prepare(evidence, log, prior, internal_evidence)
+        if self.engine == "kernel":
+            return self._kernel_call(0.0, arr, is_log, prior_arr, internal, mode="max")[1]
         ops = self.ops
         log_p = np.empty(batch)
         offset = np.zeros(batch)
@@ -751,6 +764,88 @@ class BeliefPropagation:
         est = MapEstimate(tree=tree, log_prob=log_p, inconsistent=bad)
         self._report_bad(bad, "MAP decoding", est)
         return est
+
+    def run_and_sample(
+        self,
+        evidence: Any,
+        seed: Any = 0,
+        *,
+        log: bool | None = None,
+        prior: Any = None,
+        internal_evidence: Mapping[int, Any] | None = None,
+    ) -> tuple[Posterior, TreeSample]:
+        """``(run(evidence), sample(evidence, seed))`` — in one pass with the kernel engine
+        (the sample reuses the upward messages of the marginals; the result is identical to
+        the two separate calls)."""
+        kw = {"log": log, "prior": prior, "internal_evidence": internal_evidence}
+        if self.engine != "kernel":
+            return self.run(evidence, **kw), self.sample(evidence, seed, **kw)
+        t0 = time.perf_counter()
+        arr, is_log, prior_arr, internal, _ = self._prepare(evidence, log, prior, internal_evidence)
+        post, tree = self._kernel_call(t0, arr, is_log, prior_arr, internal, marginals=True, sample=True,
+                                       seed=seed)
+        return post, tree
+
+    # ------------------------------------------------------------------ kernel engine
+    def _kernel_call(self, t0: float, arr: Any, is_log: bool, prior_arr: np.ndarray, internal: list[Any],
+                     *, marginals: bool = True, sample: bool = False, seed: Any = None,
+                     mode: str = "sum") -> tuple[Any, Any]:
+        """Run the numba kernel (:mod:`hiergen.inference.bp_kernel`) on prepared inputs.
+
+        Returns ``(Posterior, TreeSample)`` for ``mode="sum"`` (the tree only with ``sample``) or ``(None, MapEstimate)`` for ``mode="max"``. Posterior samples use one uniform
+        per node drawn up front from ``numpy.random.default_rng(seed)``: deterministic given
+        the seed, independent of the number of threads."""
+        from hiergen.inference.bp_kernel import BPKernel
+
+        if self._kernel is None:
+            self._kernel = BPKernel(self.grammar, self.ops.dtype)
+        k = self._kernel
+        batch = int(arr.shape[0])
+        tree = mode == "max" or sample
+        uniforms = None
+        if mode == "sum" and sample:
+            rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+            uniforms = rng.random((batch, k.n_uniforms))
+        with self._context():
+            res = k.run(np.asarray(arr), is_log, prior_arr, internal, mode=mode,
+                        marginals=marginals and mode == "sum", uniforms=uniforms, tree=tree,
+                        threads=self.threads)
+        bad = res.bad
+        ts = TreeSample(leaves=res.symbols[-1], symbols=res.symbols, rules=res.rules) if tree else None
+        if mode == "max":
+            res.log_evidence[bad] = -np.inf
+            est = MapEstimate(tree=ts, log_prob=res.log_evidence)
+            self._report_bad(bad, "MAP decoding", est)
+            return None, est
+        if bad.any():
+            res.log_evidence[bad] = -np.inf
+            for x in res.marginals:
+                x[bad] = np.nan
+        post = Posterior(
+            marginals=res.marginals, log_evidence=res.log_evidence, inconsistent=bad,
+            backend="numpy", dtype=str(k.dtype), device="cpu", seconds=time.perf_counter() - t0,
+            extra={"engine": "kernel"},
+        )
+        self._report_bad(bad, "marginals" if marginals else ("posterior sampling" if tree else "log-evidence"),
+                         post if not tree or marginals else ts)
+        return post, ts
+
+
+def _choose_engine(engine: str, backend: str) -> str:
+    """Resolve ``engine`` (``auto``/``kernel``/``array``) for ``backend``."""
+    if engine not in ("auto", "kernel", "array"):
+        raise BackendError(f"engine must be 'auto', 'kernel' or 'array', got {engine!r}")
+    if engine == "array" or (engine == "auto" and backend != "numpy"):
+        return "array"
+    if backend != "numpy":
+        raise BackendError(f"engine='kernel' runs on the numpy backend only, not {backend!r}")
+    try:
+        import numba  # noqa: F401
+    except ImportError as exc:
+        if engine == "kernel":
+            raise BackendError("engine='kernel' needs numba: pip install numba") from exc
+        return "array"
+    return "kernel"
 
 
 class _TreeCollector:

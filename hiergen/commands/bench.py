@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "default: the library's default device")
     bp.add_argument("--repeats", type=int, default=3,
                     help="timed runs per point (the best is reported), after one warm-up")
+    bp.add_argument("--engines", default="kernel,array,plain",
+                    help="numpy engines, comma list: kernel (numba), array (the array code shared "
+                         "with JAX/torch), plain (a plain numpy BP, the baseline)")
+    bp.add_argument("--no-sampling", action="store_true", help="skip the posterior-sampling rows")
     bp.add_argument("--json", type=Path, default=None, help="also write the JSON results to this file")
     bp.set_defaults(func=run_bp)
 
@@ -38,9 +42,14 @@ def run_bp(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--depths must be a comma list of integers, got {args.depths!r}") from exc
     backends = [b for b in args.backends.split(",") if b]
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = sorted(set(engines) - {"kernel", "array", "plain"})
+    if unknown or not engines:
+        raise ConfigError(f"--engines must be a comma list of kernel, array, plain; got {args.engines!r}")
     results = bench_bp(
         backends=backends, depths=depths, batch=args.batch, v=args.v, m=args.m, s=args.s,
         n_classes=args.n_classes, dtype=args.dtype, device=args.device, repeats=args.repeats,
+        engines=engines, sampling=not args.no_sampling,
     )
     print(format_table(results))
     text = results_json(results)

@@ -184,11 +184,12 @@ def forward_backward_point(
     stats = {k: _Moments(L + 1) for k in ("p_correct", "argmax_correct", "p_change")}
     for b, x0 in enumerate(data):
         ev = noise_process.evidence(x0.leaves, t, seed=_seed_int(seed, L, ti, b, _NOISE))
-        post = bp.run(ev)
+        # one pass for marginals and posterior sample (the kernel engine reuses the upward
+        # messages; identical to bp.run(ev) followed by bp.sample(ev, seed))
+        post, x_hat = bp.run_and_sample(ev, seed=_seed_int(seed, L, ti, b, _SAMPLE))
         probs = post.prob_of(x0.symbols)
         stats["p_correct"].add([p.mean(1) for p in probs])
         stats["argmax_correct"].add([(a == s).mean(1) for a, s in zip(post.argmax(), x0.symbols)])
-        x_hat = bp.sample(ev, seed=_seed_int(seed, L, ti, b, _SAMPLE))
         stats["p_change"].add([(h != s).mean(1) for h, s in zip(x_hat.symbols, x0.symbols)])
         if on_sample is not None:
             on_sample(x0, x_hat)
