@@ -811,10 +811,15 @@ class BeliefPropagation:
                         marginals=marginals and mode == "sum", uniforms=uniforms, tree=tree,
                         threads=self.threads)
         bad = res.bad
-        ts = TreeSample(leaves=res.symbols[-1], symbols=res.symbols, rules=res.rules) if tree else None
+        ts = None
+        if tree:  # flagged items get the sentinel -1 everywhere, as on the array path
+            for x in res.symbols + res.rules:
+                x[bad] = -1
+            ts = PosteriorSample(leaves=res.symbols[-1], symbols=res.symbols, rules=res.rules,
+                                 inconsistent=bad)
         if mode == "max":
             res.log_evidence[bad] = -np.inf
-            est = MapEstimate(tree=ts, log_prob=res.log_evidence)
+            est = MapEstimate(tree=ts, log_prob=res.log_evidence, inconsistent=bad)
             self._report_bad(bad, "MAP decoding", est)
             return None, est
         if bad.any():

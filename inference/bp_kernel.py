@@ -35,6 +35,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from hiergen.inference.inputs import scale_rows
 from hiergen.models.grammar import Grammar
 
 _OPTS = {"cache": True, "nogil": True, "fastmath": False, "error_model": "numpy", "boundscheck": False}
@@ -103,24 +104,35 @@ def _exp32(t, k):  # pragma: no cover - compiled
 @njit(**_OPTS)
 def _leaves(ev, b, is_log, v, d, rs, iperm, x, k, fast_exp):  # pragma: no cover - compiled
     """Leaf messages of item ``b`` into ``x`` ``(v, d)`` (storage order), unnormalised.
-    Log-evidence is shifted by its per-leaf max in the evidence's precision (the shifts are
-    returned summed, float64), then exponentiated row by row."""
+    Scale free: log-evidence is shifted by its per-leaf max in the evidence's precision and
+    exponentiated row by row; likelihoods are divided by their per-leaf max (a row of zeros
+    stays zero). The removed log scales are returned summed (float64), so any finite
+    likelihood (1e-300 or 1e308) fits the message dtype."""
     shift = 0.0
     for q in range(d):  # storage order: the strided writes stay in L1 (padded rows)
         e = ev[b, iperm[q]]
         xq = x[q:]
+        mx = e[0]
+        for a in range(v):
+            mx = max(mx, e[a])
         if is_log:
-            mx = e[0]
-            for a in range(v):
-                mx = max(mx, e[a])
             if not np.isfinite(mx):
                 mx = 0.0
             shift += np.float64(mx)
             for a in range(v):
                 xq[a * rs] = e[a] - mx
+        elif mx > 0:
+            shift += math.log(np.float64(mx))
+            inv = 1.0 / np.float64(mx)
+            if inv == np.inf:  # a subnormal maximum: divide instead of multiplying
+                for a in range(v):
+                    xq[a * rs] = np.float64(e[a]) / np.float64(mx)
+            else:
+                for a in range(v):
+                    xq[a * rs] = np.float64(e[a]) * inv
         else:
             for a in range(v):
-                xq[a * rs] = e[a]
+                xq[a * rs] = 0.0
     if is_log:
         for a in range(v):
             row = x[a * rs:a * rs + d]
@@ -557,9 +569,12 @@ class BPKernel:
         sizes = [int(ns[lev] * vs[lev]) for lev in range(L + 1)]
         ioff = np.full(L + 1, -1, dtype=np.int64)
         blocks, at = [], 0
+        offset = np.zeros(B)  # log scales divided out of the internal evidence, per item
         for lev, e in enumerate(internal):
             if e is not None:
                 ioff[lev] = at
+                e, off = scale_rows(e, "numpy", False)  # scale free, like the leaves
+                offset += off
                 blocks.append(np.ascontiguousarray(e, dtype=np.float64).reshape(-1))
                 at += B * sizes[lev]
         intev = np.concatenate(blocks) if blocks else np.zeros(1)
@@ -582,6 +597,7 @@ class BPKernel:
             bp_batch(ev, bool(is_log), prior, intev, ioff, self.tables, _SUM if mode == "sum" else _MAX,
                      bool(marginals), bool(tree), unif, marg, moff, log_ev, bad, syms, soff, rules,
                      roff, scratch, iscratch, self.tile, self.dtype == np.float32)
+        log_ev += offset
         out = (
             [marg[moff[lev]:moff[lev + 1]].reshape(B, int(ns[lev]), int(vs[lev])) for lev in range(L + 1)]
             if marginals else []
