@@ -236,7 +236,8 @@ def test_uniform_evidence_agrees_with_direct_bp():
     """The dataset's p_correct equals a direct BP computation on the same data (oracle:
     BeliefPropagation + UniformCorruption, deterministic evidence)."""
     g = RHM(**SMALL, L=3, seed=0)
-    ds = forward_backward(g, times=[0.3], n_samples=100, noise="uniform", seed=2, progress=False)
+    ds = forward_backward(g, times=[0.3], n_samples=100, noise="uniform", seed=2, progress=False,
+                          dtype="float64")
     data = fbmod.draw_data(g, 100, 2)
     x0 = data[0]
     post = BeliefPropagation(g).run(UniformCorruption(g.v).evidence(x0.leaves, 0.3))

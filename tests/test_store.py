@@ -163,13 +163,13 @@ KW = {"depths": [2], "seeds": [0, 1], "times": [0.0, 150.0], "n_samples": 60, "p
 def test_resume_with_other_dtype_or_version_refused(tmp_path):
     first = sweep_forward_backward(SMALL, out=tmp_path, **KW)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    assert {cfg[k] for k in ("backend", "dtype", "device_kind")} == {"numpy", "float64", "cpu"}
+    assert {cfg[k] for k in ("backend", "dtype", "device_kind")} == {"numpy", "float32", "cpu"}
     assert cfg["n_samples"] == 60 and cfg["times"] == [0.0, 150.0] and cfg["rhm"] == SMALL
-    assert first.attrs["dtype"] == "float64"
-    with pytest.raises(ConfigError, match=r"differs in: dtype;.*float64.*float32"):
-        sweep_forward_backward(SMALL, out=tmp_path, dtype="float32", **KW)
-    # the default dtype is resolved before comparing: an explicit float64 is the same run
-    again = sweep_forward_backward(SMALL, out=tmp_path, dtype="float64", **KW)
+    assert first.attrs["dtype"] == "float32"
+    with pytest.raises(ConfigError, match=r"differs in: dtype;.*float32.*float64"):
+        sweep_forward_backward(SMALL, out=tmp_path, dtype="float64", **KW)
+    # the default dtype is resolved before comparing: an explicit float32 is the same run
+    again = sweep_forward_backward(SMALL, out=tmp_path, dtype="float32", **KW)
     assert again.attrs["points_computed"] == 0 and again.attrs["points_reused"] == 4
     cfg["hiergen_version"] = "0.0.1"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -187,7 +187,7 @@ def test_resume_with_other_backend_refused(tmp_path):
     pytest.importorskip("torch")
     g = RHM(**SMALL, L=2, seed=0)
     forward_backward(g, times=[0.0, 100.0], n_samples=50, out=tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="differs in: backend, dtype"):
+    with pytest.raises(ConfigError, match="differs in: backend;"):
         forward_backward(g, times=[0.0, 100.0], n_samples=50, out=tmp_path, progress=False,
                          backend="torch")
 
