@@ -19,21 +19,21 @@ from hiergen._files import atomic_path
 from hiergen.models.errors import ConfigError
 
 
-def _plt():
-    import matplotlib
+def _new_axes(figsize: tuple[float, float], **kwargs):
+    """Axes on a new :class:`matplotlib.figure.Figure` (no pyplot state, no backend switch:
+    library code must not change the user's matplotlib backend)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize).subplots(**kwargs)
 
 
 def plot_similarity(ds, ax=None, metric: str = "cosine"):
     """Per-layer mean (over images) of ``metric`` vs k. ``ds`` is a merged probe Dataset."""
-    plt = _plt()
-    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    ax = ax or _new_axes((5, 3.5))
     layers = list(ds["layer"].values)
-    cmap = plt.get_cmap("viridis")
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
     k = ds["k"].values
     mean = ds[metric].mean("image")
     for i, layer in enumerate(layers):
@@ -49,8 +49,7 @@ def plot_similarity(ds, ax=None, metric: str = "cosine"):
 
 def plot_class_change(ds, ax=None):
     """Fraction of images whose top-1 class changed, vs k, with a binomial standard error."""
-    plt = _plt()
-    ax = ax or plt.subplots(figsize=(5, 3.5))[1]
+    ax = ax or _new_axes((5, 3.5))
     p = ds["class_change"].mean("image").values
     n = ds.sizes["image"]
     err = np.sqrt(p * (1 - p) / max(n, 1))
@@ -66,8 +65,7 @@ def plot_grid(run_dir: str | os.PathLike, image_ids: Sequence[str], ks: Sequence
     """Rows: images; columns: k (k = 0 is the start image). Reads ``run_dir/fb/k*/<id>.png``."""
     from PIL import Image
 
-    plt = _plt()
-    ax = ax or plt.subplots(figsize=(1 + len(ks), 1 + len(image_ids)))[1]
+    ax = ax or _new_axes((1 + len(ks), 1 + len(image_ids)))
     rows = []
     for iid in image_ids:
         cells = []
@@ -90,13 +88,13 @@ def plot_fig2(ds, run_dir: str | os.PathLike, out_png: str | os.PathLike,
               n_grid_images: int = 4, n_grid_k: int = 6) -> Path:
     """The three panels (grid, similarity, class change) into ``out_png`` (written atomically;
     the format follows its suffix)."""
-    plt = _plt()
     ks = [int(k) for k in ds["k"].values]
     pick_k = sorted({ks[int(round(i))] for i in np.linspace(0, len(ks) - 1, n_grid_k)})
     ids = [str(i) for i in ds["image"].values]
     pick_i = [ids[int(round(i))] for i in np.linspace(0, len(ids) - 1, min(n_grid_images,
                                                                             len(ids)))]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1.1, 1, 1]})
+    axes = _new_axes((14, 4), nrows=1, ncols=3, gridspec_kw={"width_ratios": [1.1, 1, 1]})
+    fig = axes[0].figure
     plot_grid(run_dir, pick_i, pick_k, axes[0])
     plot_similarity(ds, axes[1])
     plot_class_change(ds, axes[2])
@@ -111,6 +109,4 @@ def plot_fig2(ds, run_dir: str | os.PathLike, out_png: str | os.PathLike,
             fig.savefig(tmp, dpi=120, format=fmt)
     except ValueError as exc:  # matplotlib: unknown format
         raise ConfigError(f"{out_png}: cannot save a figure as {fmt!r} ({exc})") from exc
-    finally:
-        plt.close(fig)
     return out_png

@@ -21,7 +21,7 @@ HEAVY = ["torch", "jax", "jaxlib", "numpyro", "funsor", "pgmpy", "diffusers", "t
 
 # package -> whether all its names are lazy (hiergen.inference.meanfield re-exports three)
 LAZY_MODULES = ["hiergen", "hiergen.models", "hiergen.inference", "hiergen.experiments",
-                "hiergen.inference.meanfield"]
+                "hiergen.imagenet", "hiergen.inference.meanfield"]
 
 
 def _loaded_after(code: str) -> list[str]:
