@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from hiergen.models._validate import check_int
 from hiergen.models.errors import GrammarError, SizeLimitError
 
 #: Tolerance on ``|sum - 1|`` for the root prior and every symbol's rule probabilities;
@@ -139,13 +140,7 @@ def _check_probabilities(p: np.ndarray, what: str) -> np.ndarray:
 
 def _check_size(value: Any, name: str, minimum: int = 1) -> int:
     """Return ``value`` as a Python int, or raise GrammarError if it is no integer >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            raise GrammarError(f"{name} must be an integer, got the float {value!r}")
-        raise GrammarError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise GrammarError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return check_int(value, name, minimum, error=GrammarError)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from hiergen.models._validate import check_int
 from hiergen.models.errors import ConfigError, EvidenceError
 from hiergen.models.grammar import Grammar, TreeSample
 from hiergen.models.noise import DDPMSchedule, make_noise
@@ -111,9 +112,7 @@ def _check_times(times: Any, noise: str) -> np.ndarray:
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum, error=ConfigError)
 
 
 def _fingerprint(grammar: Grammar) -> str:
