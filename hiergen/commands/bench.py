@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hiergen.commands._options import add_rhm_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks (bp: BP throughput and memory)")
@@ -14,10 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="comma list of BP backends to time (numpy, torch, jax)")
     bp.add_argument("--depths", default="6,8,10", help="comma list of tree depths L")
     bp.add_argument("--batch", type=int, default=1024, help="data per BP call")
-    bp.add_argument("--v", type=int, default=32, help="RHM vocabulary size per level")
-    bp.add_argument("--m", type=int, default=8, help="RHM rules per symbol")
-    bp.add_argument("--s", type=int, default=2, help="RHM branching factor")
-    bp.add_argument("--n-classes", type=int, default=32, help="RHM number of classes")
+    add_rhm_options(bp, v=32, n_classes=32, m=8, s=2)
     bp.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                     help="floating-point type of the messages")
     bp.add_argument("--device", default=None,

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hiergen.commands._options import add_rhm_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="compare inference backends (BP, pgmpy, NumPyro, MCMC, VI)")
-    p.add_argument("--v", type=int, default=4, help="vocabulary size below the root")
-    p.add_argument("--m", type=int, default=2, help="rules per symbol")
-    p.add_argument("--s", type=int, default=2, help="branching factor")
-    p.add_argument("--L", type=int, default=3, help="depth (levels below the class)")
-    p.add_argument("--n-classes", type=int, default=2, help="number of classes (root symbols)")
+    add_rhm_options(p, v=4, n_classes=2, m=2, s=2, L=3)
     p.add_argument("--n", type=int, default=8, help="number of noisy data (batch)")
     p.add_argument("--eps", type=float, default=0.5, help="uniform corruption level")
     p.add_argument("--seed", type=int, default=0, help="seed of the rules, data and noise")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hiergen.commands._options import add_rhm_options
+
 #: the array backends of belief propagation (see hiergen.inference.backends.BACKENDS)
 BP_BACKENDS = ("numpy", "torch", "jax")
 
@@ -50,10 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True,
                    help="output folder; rerunning with the same folder resumes")
-    p.add_argument("--v", type=int, default=32, help="RHM vocabulary size per level")
-    p.add_argument("--n-classes", type=int, default=32, help="RHM number of classes")
-    p.add_argument("--m", type=int, default=8, help="RHM rules per symbol")
-    p.add_argument("--s", type=int, default=2, help="RHM branching factor")
+    add_rhm_options(p, v=32, n_classes=32, m=8, s=2)
     p.add_argument("--depths", default="2,4,6,8,10", help="comma list of tree depths L")
     p.add_argument("--seeds", default="0", help="comma list of RHM seeds")
     p.add_argument("--noise", default="gaussian", choices=["gaussian", "uniform", "masking"],

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hiergen.commands._options import add_rhm_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -24,11 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--grammar", type=Path, default=None,
                    help="grammar file (.json, .yaml, .yml, .txt, .grammar) instead of an RHM")
-    p.add_argument("--v", type=int, default=8, help="RHM vocabulary size per level")
-    p.add_argument("--n-classes", type=int, default=4, help="RHM number of classes")
-    p.add_argument("--m", type=int, default=2, help="RHM rules per symbol")
-    p.add_argument("--s", type=int, default=2, help="RHM branching factor")
-    p.add_argument("--L", type=int, default=3, help="RHM depth")
+    add_rhm_options(p, v=8, n_classes=4, m=2, s=2, L=3)
     p.add_argument("--seed", type=int, default=0, help="seed of the RHM rules")
     p.add_argument("--n", type=int, default=5, help="number of samples")
     p.add_argument("--sample-seed", type=int, default=None,
