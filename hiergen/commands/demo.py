@@ -26,6 +26,8 @@ QUICK = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from hiergen.commands.forward_backward import add_scheduler_options
+
     p = sub.add_parser(
         "demo",
         help="forward-backward diffusion on the RHM: see the class phase transition (CPU, ~2 min)",
@@ -42,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny run for a smoke test")
     p.add_argument("--seed", type=int, default=0, help="RHM and sampling seed (default 0)")
     p.add_argument("--backend", default="numpy", help="BP backend: numpy (default), torch, jax")
+    add_scheduler_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run)
 
@@ -66,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         out=out,
         progress=not args.no_progress,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
     )
     figures = save_figures(ds, out / "figures")
     elapsed = time.perf_counter() - t0

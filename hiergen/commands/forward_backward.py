@@ -35,6 +35,18 @@ def parse_times(text: str) -> list[float]:
         ) from exc
 
 
+def add_scheduler_options(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` and ``--workers`` (points as Dask tasks; see docs/scale_out.md)."""
+    p.add_argument(
+        "--scheduler", default=None,
+        help="run the points as Dask tasks: 'local' (a cluster of worker processes on this "
+             "machine), a scheduler address tcp://host:8786, or a scheduler file *.json "
+             "(default: serial, in this process)",
+    )
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes of --scheduler local (default: one per core)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "forward-backward",
@@ -61,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="numpy", help="numpy, torch or jax")
     p.add_argument("--device", default=None, help="e.g. cuda (torch) or gpu (jax)")
     p.add_argument("--dtype", default=None, choices=["float32", "float64"])
+    add_scheduler_options(p)
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -87,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         progress=not args.no_progress,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
     )
     figures = None
     if not args.no_plots:
