@@ -88,7 +88,6 @@ def test_rerun_resumes_and_extends(client, serial, tmp_path):
     assert_same_numbers(serial, again)
 
 
-@pytest.mark.slow
 def test_killed_worker_still_gives_serial_numbers(client, tmp_path):
     kw = {"depths": [4, 5], "seeds": [1], "times": np.linspace(0.0, 300.0, 10),
           "n_samples": 400, "progress": False}
@@ -162,7 +161,25 @@ def test_unreachable_scheduler(tmp_path, monkeypatch):
         sweep_forward_backward(RHM, **SMALL, out=tmp_path, scheduler="tcp://127.0.0.1:9")
 
 
-@pytest.mark.slow
 def test_local_cluster_by_name(serial):
     ds = sweep_forward_backward(RHM, **SMALL, scheduler="local", n_workers=2)
     assert_same_numbers(serial, ds)
+
+
+def test_python_m_hiergen_with_a_local_cluster(serial, tmp_path):
+    """``python -m hiergen`` under spawned Dask workers: they re-import hiergen.__main__, which
+    must not rerun the command."""
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    cmd = [sys.executable, "-m", "hiergen", "forward-backward", "--out", str(tmp_path),
+           "--v", "8", "--n-classes", "8", "--m", "4", "--s", "2", "--depths", "2,3",
+           "--seeds", "0,5", "--times", "0:400:4", "--n-samples", "300", "--no-plots",
+           "--no-progress", "--scheduler", "local", "--workers", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "points computed: 16" in proc.stdout
+    with xr.open_dataset(tmp_path / RESULT_FILE, engine="h5netcdf") as f:
+        assert_same_numbers(serial, f.load())
