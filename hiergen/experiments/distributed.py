@@ -6,10 +6,10 @@
 Design
 ------
 * **One task per point** ``(L, seed, time)``: points of one depth differ a lot in cost (BP on
-  depth 8 is ~25x depth 2 in the demo), so small tasks balance the load; a lost worker costs one point per
-  thread; a rerun or a retry redoes single points. The clean data of a ``(L, seed)`` group are
-  shared by its times: every worker keeps the BP objects and drawn data of its last
-  :data:`GROUP_CACHE` groups, so it draws each group's data at most once.
+  depth 8 is ~25x depth 2 in the demo), so small tasks balance the load; a lost worker costs
+  one point per thread; a rerun or a retry redoes single points. The clean data of a
+  ``(L, seed)`` group are shared by its times: every worker keeps the BP objects and drawn
+  data of its last :data:`GROUP_CACHE` groups, so it draws each group's data at most once.
 * **The store is the source of truth.** Each task opens the sweep's
   :class:`~hiergen.experiments.store.PointStore` (the output folder must be on a file system
   shared by the workers), claims its point with the store's inter-process lock, skips it when
