@@ -11,6 +11,8 @@ Submodules (torch, diffusers and timm are imported only when used):
 * :mod:`~hiergen.imagenet.whitening` - per-channel whitening statistics and similarity metrics;
 * :mod:`~hiergen.imagenet.probe` - the probe driver (resumable, sharded, settings-keyed parts);
 * :mod:`~hiergen.imagenet.probe_merge` - the probe's run-folder layout and ``probe.nc``;
+* :mod:`~hiergen.imagenet.distributed` - the processes of a run (accelerate launch / torchrun
+  group, independent shards, one process): split, gather, main process;
 * :mod:`~hiergen.imagenet.settings` - fingerprints and settings records (no mixing of caches);
 * :mod:`~hiergen.imagenet.guided` - OpenAI guided-diffusion checkpoints as diffusers UNets;
 * :mod:`~hiergen.imagenet.plots` - the Fig. 2 panels;

@@ -286,24 +286,3 @@ def shard(items: Sequence, shard_index: int = 0, num_shards: int = 1) -> list:
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ConfigError(f"bad sharding: shard index {shard_index} of {num_shards} shards")
     return list(items)[shard_index::num_shards]
-
-
-def shard_from_env(shard_index: int | None = None, num_shards: int | None = None
-                   ) -> tuple[int, int]:
-    """Explicit values if given, else ``RANK`` / ``WORLD_SIZE`` (torchrun, accelerate),
-    else (0, 1)."""
-    if num_shards is None:
-        num_shards = _env_int("WORLD_SIZE", 1)
-    if shard_index is None:
-        shard_index = _env_int("RANK", 0) if num_shards > 1 else 0
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise ConfigError(f"bad sharding: shard index {shard_index} of {num_shards} shards")
-    return shard_index, num_shards
-
-
-def _env_int(name: str, default: int) -> int:
-    text = os.environ.get(name, str(default))
-    try:
-        return int(text)
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {name}={text!r} is not an integer") from exc

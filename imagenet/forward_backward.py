@@ -27,8 +27,8 @@ from hiergen.imagenet.data import (
     load_images,
     records_to_json,
     save_png,
-    shard,
 )
+from hiergen.imagenet.distributed import Processes
 from hiergen.imagenet.schedule import RespacedSchedule, respace
 from hiergen.imagenet.settings import (
     differing,
@@ -325,20 +325,25 @@ def run_forward_backward(
     num_shards: int = 1,
     ddpm_name: str = "",
     progress: bool = True,
+    processes: Processes | None = None,
 ) -> dict:
     """Forward-backward of every record at every reversal step k; PNG per (image, k).
 
     Images are cut into consecutive chunks of ``batch_size``; shard ``shard_index`` of
     ``num_shards`` does every ``num_shards``-th chunk, so sharded runs write exactly the files (and
     values) of a single run. An (image, k) PNG that exists is not recomputed; each PNG is written
-    atomically as soon as its batch finishes. A run folder holds one setting (N, seed, DDPM,
+    atomically as soon as its batch finishes. ``processes`` (a
+    :class:`~hiergen.imagenet.distributed.Processes`, e.g. under ``accelerate launch``) replaces
+    ``shard_index``/``num_shards``: the chunks are split between the processes of the group and
+    the timings gathered (every process returns the totals). A run folder holds one setting (N, seed, DDPM,
     image size; another is refused) and grows to the union of all images and ks asked for
     there. k = 0 is always included (it is the start image the
     probe compares with). The settings (:data:`FB_SETTINGS`: respacing, seed, the DDPM's weights
     fingerprint, dtype, device kind) are recorded in ``fb/meta.json`` and must match to resume.
     Returns timing over newly computed (image, k > 0) pairs:
     ``{"images", "seconds", "images_per_s", "unet_evals" (batched UNet calls), "image_steps"
-    (sum of k over images, i.e. single-image denoising steps), "image_steps_per_s"}``.
+    (sum of k over images, i.e. single-image denoising steps), "image_steps_per_s", "processes"
+    (how many processes these totals cover)}``.
     """
     from tqdm.auto import tqdm
 
@@ -351,15 +356,17 @@ def run_forward_backward(
     if int(batch_size) < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")
     meta = {**ddpm_settings(sampler), "seed": int(seed), "ddpm": str(ddpm_name), "ks": ks}
-    meta, records = _merge_meta(out_dir, meta, records)
+    procs = processes if processes is not None else Processes(shard_index, num_shards)
+    with procs.main_first():
+        meta, records = _merge_meta(out_dir, meta, records)
     ks = meta["ks"]
-    mine = shard(chunks(records, batch_size), shard_index, num_shards)
+    mine = procs.split(chunks(records, batch_size))
     todo = [(k, c, [r for r in rs if not fb_image_path(out_dir, k, r).exists()])
             for k in ks for c, rs in mine]
     todo = [t for t in todo if t[2]]
     n_done, n_evals, n_image_steps, seconds = 0, 0, 0, 0.0
     bar = tqdm(total=sum(len(t[2]) for t in todo), desc="forward-backward", unit="img",
-               disable=not progress)
+               disable=not progress or not procs.is_main)
     import torch
 
     for k, _c, rs in todo:
@@ -382,7 +389,19 @@ def run_forward_backward(
             save_png(xi, fb_image_path(out_dir, k, r), prov)
         bar.update(len(rs))
     bar.close()
+    return _timing(procs, n_done, seconds, n_evals, n_image_steps)
+
+
+def _timing(procs: Processes, n_done: int, seconds: float, n_evals: int, n_image_steps: int
+            ) -> dict:
+    """Timing totals over the processes of a group (``seconds``: the slowest process's), then a
+    barrier: when any process returns, every image of the run is written."""
+    parts = procs.gather((n_done, seconds, n_evals, n_image_steps))
+    procs.barrier()
+    n_done, n_evals, n_image_steps = (sum(p[i] for p in parts) for i in (0, 2, 3))
+    seconds = max(p[1] for p in parts)
     return {"images": n_done, "seconds": seconds,
             "images_per_s": n_done / seconds if seconds > 0 else float("nan"),
             "unet_evals": n_evals, "image_steps": n_image_steps,
-            "image_steps_per_s": n_image_steps / seconds if seconds > 0 else float("nan")}
+            "image_steps_per_s": n_image_steps / seconds if seconds > 0 else float("nan"),
+            "processes": len(parts)}

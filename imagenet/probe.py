@@ -27,7 +27,8 @@ from hiergen.imagenet.classifier import (
     build_timm_model,
     load_classifier,
 )
-from hiergen.imagenet.data import ImageRecord, load_images, shard
+from hiergen.imagenet.data import ImageRecord, load_images
+from hiergen.imagenet.distributed import Processes
 from hiergen.imagenet.forward_backward import FB_SETTINGS
 from hiergen.imagenet.hooks import ActivationRecorder, channel_axis, hook_points
 from hiergen.imagenet.probe_merge import (
@@ -81,20 +82,47 @@ def probe_settings(clf: Classifier, layers: Sequence[str], run: ProbeRun, batch_
             "n_images": len(run.records)}
 
 
-def _load_or_compute_whitening(clf, rec, run: ProbeRun, layers, batch_size, device, eps
-                               ) -> Whitening:
-    """The stored statistics of the probe folder, or computed (once, under a lock) and stored."""
+def _load_whitening(wpath: Path, layers, eps) -> Whitening:
+    white = Whitening.load(wpath)
+    if sorted(white.mean) != sorted(layers) or white.eps != eps:
+        raise ConfigError(f"{wpath}: statistics are for other layers or another eps "
+                          "than this probe's settings; delete the probe folder")
+    return white
+
+
+def _load_or_compute_whitening(clf, rec, run: ProbeRun, layers, batch_size, device, eps,
+                               procs: Processes | None = None) -> Whitening:
+    """The stored statistics of the probe folder, or computed (once, under a lock) and stored.
+    In a process group the start images are split between the processes and their per-batch
+    sums gathered (added in batch order: the statistics of one process, bit for bit); the
+    main process stores them."""
     wpath = run.pdir / "whitening.safetensors"
-    with file_lock(lock_path(wpath)):
-        if wpath.is_file():
-            white = Whitening.load(wpath)
-            if sorted(white.mean) != sorted(layers) or white.eps != eps:
-                raise ConfigError(f"{wpath}: statistics are for other layers or another eps "
-                                  "than this probe's settings; delete the probe folder")
-            return white
-        white = compute_whitening(clf, rec, fb_paths(run.fb_dir, 0, run.records), run.size,
-                                  run.channels, batch_size, device, eps)
-        white.save(wpath)
+    if procs is None or not procs.communicates:
+        with file_lock(lock_path(wpath)):
+            if wpath.is_file():
+                return _load_whitening(wpath, layers, eps)
+            white = compute_whitening(clf, rec, fb_paths(run.fb_dir, 0, run.records), run.size,
+                                      run.channels, batch_size, device, eps)
+            white.save(wpath)
+        return white
+    # every process looks before any can write (writing needs everyone's sums)
+    if all(procs.gather(wpath.is_file())):
+        return _load_whitening(wpath, layers, eps)
+    import torch
+
+    mine = []
+    for i, batch in procs.split(list(enumerate(batches(fb_paths(run.fb_dir, 0, run.records),
+                                                       batch_size)))):
+        x = torch.from_numpy(load_images(batch, run.size, run.channels)).to(device)
+        _, acts = rec.forward(clf.preprocess(x))
+        mine.append((i, Whitening.batch_sums(acts)))
+    white = Whitening(eps)
+    for _, sums in sorted((p for part in procs.gather(mine) for p in part), key=lambda p: p[0]):
+        white.add_sums(sums)
+    white.finalize()
+    if procs.is_main:
+        with file_lock(lock_path(wpath)):
+            white.save(wpath)
     return white
 
 
@@ -149,6 +177,7 @@ def run_probe(
     progress: bool = True,
     name: str = PROBE_NAME,
     whitening_eps: float = 1e-6,
+    processes: Processes | None = None,
 ) -> dict:
     """Probe the classifier on every (image, k) PNG of a forward-backward run in ``run_dir``.
 
@@ -160,8 +189,13 @@ def run_probe(
     ``batch_size`` images) under ``parts`` (skipped when present; shard ``shard_index`` does
     every ``num_shards``-th chunk), and, once all parts exist, the merged ``run_dir/<name>.nc``
     (see :func:`merge_probe`). Missing generated images (a forward-backward still running) leave
-    their part for a later call. Returns timing ``{"images": n, "seconds": s,
-    "images_per_s": r}`` over newly probed (image, k) pairs.
+    their part for a later call. ``processes`` (a
+    :class:`~hiergen.imagenet.distributed.Processes`, e.g. under ``accelerate launch``) replaces
+    ``shard_index``/``num_shards``: the whitening statistics are computed jointly, the chunks
+    split, the timings gathered, and the main process merges once every process is done.
+    Returns timing ``{"images": n, "seconds": s,
+    "images_per_s": r, "processes": p}`` over newly probed (image, k) pairs (of all ``p``
+    processes of a group).
     """
     from tqdm.auto import tqdm
 
@@ -178,21 +212,23 @@ def run_probe(
     if (run.pdir / "layers.json").is_file() and not (run.pdir / "config.json").is_file():
         raise ConfigError(f"{run.pdir}: probe results of an older hiergen without a settings "
                           "record (its weights are unknown); delete the folder or pass --name")
-    record_settings(run.pdir / "config.json",
-                    probe_settings(clf, layers, run, batch_size, whitening_eps, device),
-                    "probe results",
-                    f"pass another probe name (--name) for these settings, or delete {run.pdir}",
-                    compare=PROBE_COMPARED)
+    procs = processes if processes is not None else Processes(shard_index, num_shards)
+    with procs.main_first():
+        record_settings(run.pdir / "config.json",
+                        probe_settings(clf, layers, run, batch_size, whitening_eps, device),
+                        "probe results",
+                        f"pass another probe name (--name) for these settings, or delete "
+                        f"{run.pdir}", compare=PROBE_COMPARED)
     rec = ActivationRecorder(clf.model, points)
     try:
         white = _load_or_compute_whitening(clf, rec, run, layers, batch_size, device,
-                                           whitening_eps)
-        mine = shard(list(enumerate(batches(run.records, batch_size))), shard_index, num_shards)
+                                           whitening_eps, procs)
+        mine = procs.split(list(enumerate(batches(run.records, batch_size))))
         todo = [(c, rs, [k for k in run.meta["ks"] if not part_path(run.pdir, k, c).is_file()])
                 for c, rs in mine]
         todo = [t for t in todo if t[2]]
         bar = tqdm(total=sum(len(rs) * len(kk) for _, rs, kk in todo), desc="probe", unit="img",
-                   disable=not progress)
+                   disable=not progress or not procs.is_main)
         n_done, seconds = 0, 0.0
         for c, rs, kk in todo:
             n, sec = _probe_chunk(clf, rec, white, run, c, rs, [int(k) for k in kk], layers,
@@ -201,9 +237,15 @@ def run_probe(
         bar.close()
     finally:
         rec.close()
-    merge_probe(run.run_dir, strict=False, name=name)
+    parts = procs.gather((n_done, seconds))
+    procs.barrier()  # every part of the group is written
+    if procs.is_main or not procs.communicates:
+        merge_probe(run.run_dir, strict=False, name=name)
+    procs.barrier()
+    n_done, seconds = sum(p[0] for p in parts), max(p[1] for p in parts)
     return {"images": n_done, "seconds": seconds,
-            "images_per_s": n_done / seconds if seconds > 0 else float("nan")}
+            "images_per_s": n_done / seconds if seconds > 0 else float("nan"),
+            "processes": len(parts)}
 
 
 #: probe settings that must match to reuse a probe folder (the classifier's name may change)

@@ -28,13 +28,27 @@ class Whitening:
         self._sums: dict[str, list] = {}
 
     def update(self, acts: dict) -> None:
+        self.add_sums(self.batch_sums(acts))
+
+    @staticmethod
+    def batch_sums(acts: dict) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+        """``{layer: (sum (C,), sum of squares (C,), count)}`` of one batch's activations
+        (float64; small, to be gathered across processes)."""
+        out = {}
         for name, a in acts.items():
             ax = channel_axis(a.ndim)
             a = a.double().movedim(ax, -1).reshape(-1, a.shape[ax])
+            out[name] = (a.sum(0).cpu().numpy(), (a * a).sum(0).cpu().numpy(), a.shape[0])
+        return out
+
+    def add_sums(self, sums: dict[str, tuple[np.ndarray, np.ndarray, int]]) -> None:
+        """Add one batch's :meth:`batch_sums` (in batch order, the sums are those of
+        :meth:`update` over the same batches, bit for bit)."""
+        for name, (s1, s2, n) in sums.items():
             s = self._sums.setdefault(name, [0.0, 0.0, 0])
-            s[0] = s[0] + a.sum(0).cpu().numpy()
-            s[1] = s[1] + (a * a).sum(0).cpu().numpy()
-            s[2] += a.shape[0]
+            s[0] = s[0] + s1
+            s[1] = s[1] + s2
+            s[2] += n
 
     def finalize(self) -> Whitening:
         for name, (s1, s2, n) in self._sums.items():

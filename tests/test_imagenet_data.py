@@ -11,7 +11,6 @@ from hiergen.imagenet.data import (
     save_png,
     scan_images,
     shard,
-    shard_from_env,
     subset_per_class,
 )
 from hiergen.models.errors import ConfigError
@@ -98,16 +97,12 @@ def test_center_crop_resize_and_roundtrip(tmp_path):
     np.testing.assert_allclose(load_image(tmp_path / "p.png", 8), y, atol=1 / 127.5 + 1e-6)
 
 
-def test_shards(monkeypatch):
+def test_shards():
     items = list(range(7))
     parts = [shard(items, i, 3) for i in range(3)]
     assert sorted(sum(parts, [])) == items
     with pytest.raises(ConfigError, match="bad sharding"):
         shard(items, 3, 3)
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert shard_from_env() == (1, 2)
-    assert shard_from_env(0, 1) == (0, 1)
 
 
 def test_empty_class_folder_keeps_every_label(tmp_path):
@@ -151,10 +146,7 @@ def test_classes_file_gives_the_label_order(tmp_path):
         scan_images(tmp_path / "imgs", classes=["bird", "dog"])
 
 
-def test_folder_path_that_is_a_file_and_bad_env(tmp_path, monkeypatch):
+def test_folder_path_that_is_a_file(tmp_path):
     (tmp_path / "f.png").write_bytes(b"x")
     with pytest.raises(ConfigError, match="not a folder"):
         scan_images(tmp_path / "f.png")
-    monkeypatch.setenv("WORLD_SIZE", "two")
-    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not an integer"):
-        shard_from_env()

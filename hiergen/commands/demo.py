@@ -28,6 +28,8 @@ QUICK = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from hiergen.commands.forward_backward import add_scheduler_options
+
     p = sub.add_parser(
         "demo",
         help="forward-backward diffusion on the RHM: see the class phase transition (CPU, ~2 min)",
@@ -46,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny run for a smoke test (seconds)")
     p.add_argument("--seed", type=int, default=0, help="seed of the RHM rules and of the samples")
     p.add_argument("--backend", default="numpy", choices=BP_BACKENDS, help="BP array backend")
+    add_scheduler_options(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (on stderr)")
     p.set_defaults(func=run)
 
@@ -70,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         backend=args.backend,
         out=out,
         progress=not args.no_progress,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
     )
     figures = save_figures(ds, out / "figures")
     elapsed = time.perf_counter() - t0

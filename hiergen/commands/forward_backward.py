@@ -40,6 +40,18 @@ def parse_times(text: str) -> list[float]:
         ) from exc
 
 
+def add_scheduler_options(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` and ``--workers`` (points as Dask tasks; see docs/scale_out.md)."""
+    p.add_argument(
+        "--scheduler", default=None,
+        help="run the points as Dask tasks: 'local' (a cluster of worker processes on this "
+             "machine), a scheduler address tcp://host:8786, or a scheduler file *.json "
+             "(default: serial, in this process)",
+    )
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes of --scheduler local (default: one per core)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "forward-backward",
@@ -71,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="floating-point type of the BP messages (float32: marginals within ~2e-5 "
                         "of float64, about twice as fast)")
+    add_scheduler_options(p)
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG figures")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (on stderr)")
     p.set_defaults(func=run)
@@ -97,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         progress=not args.no_progress,
+        scheduler=args.scheduler,
+        n_workers=args.workers,
     )
     figures = None
     if not args.no_plots:

@@ -7,8 +7,11 @@
     hiergen imagenet convert --guided-diffusion 256x256_diffusion_uncond.pt \
         --preset 256x256_uncond --out openai-256-uncond/
 
-All three run steps are resumable (finished (image, k) PNGs and probe parts are kept) and split
-over processes with ``--shard-index/--num-shards`` or torchrun's ``RANK``/``WORLD_SIZE``. A run
+All three run steps are resumable (finished (image, k) PNGs and probe parts are kept).
+``forward-backward`` and ``probe`` split the images over the processes of
+``accelerate launch -m hiergen imagenet ...`` (or torchrun), which gather their statistics and
+let the main process write the results, or over independent processes with
+``--shard-index/--num-shards`` (see docs/scale_out.md). A run
 folder records its settings (weights fingerprints, respacing, seed, dtype, device kind, ...) and
 refuses to mix results of other settings. Bad options (``--batch-size 0``, ``--device foo``, an
 ``--out`` that is a file, ...) end with ``hiergen: error: ...`` and exit status 2.
@@ -29,9 +32,11 @@ def _add_device(p: argparse.ArgumentParser) -> None:
                    help="torch CPU threads; default: torch's choice")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch")
     p.add_argument("--shard-index", type=int, default=None,
-                   help="this process's shard (default: $RANK, else 0)")
+                   help="this independent process's shard, with --num-shards (default: the "
+                        "process of accelerate launch / torchrun, else 0)")
     p.add_argument("--num-shards", type=int, default=None,
-                   help="number of processes (default: $WORLD_SIZE, else 1)")
+                   help="number of independent processes sharing --out, no process group "
+                        "(default: accelerate launch's / torchrun's processes, else 1)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars (on stderr)")
 
 
@@ -58,7 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     fb.add_argument("--ks", default=None, help="comma list of reversal steps k in 0..N; default: the --n-k grid")
     fb.add_argument("--n-k", type=int, default=11, help="number of reversal steps k evenly spread in 0..N (0 and N included)")
     fb.add_argument("--seed", type=int, default=0, help="seed of the forward noise and of the sampler")
-    fb.add_argument("--dtype", default="float32", choices=DTYPES, help="autocast dtype of the UNet (CUDA)")
+    fb.add_argument("--dtype", default=None, choices=DTYPES,
+                    help="autocast dtype of the UNet (CUDA); default: accelerate launch's "
+                         "--mixed_precision, else float32")
     fb.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA; slow first batch)")
     _add_device(fb)
     fb.set_defaults(func=run_forward_backward)
@@ -179,6 +186,16 @@ def _device(args) -> str:
     return spec
 
 
+def _processes(args, device: str):
+    """The processes of this run (:func:`hiergen.imagenet.distributed.launched_processes`)."""
+    import torch
+
+    from hiergen.imagenet.distributed import launched_processes
+
+    return launched_processes(args.shard_index, args.num_shards,
+                              cpu=torch.device(device).type == "cpu")
+
+
 def _threads(args) -> None:
     if getattr(args, "threads", None):
         import torch
@@ -189,8 +206,9 @@ def _threads(args) -> None:
 def run_forward_backward(args: argparse.Namespace) -> int:
     import torch
 
-    from hiergen.imagenet.data import read_classes_file, scan_images, shard_from_env
+    from hiergen.imagenet.data import read_classes_file, scan_images
     from hiergen.imagenet.digits import export_digits_folder, resolve_preset
+    from hiergen.imagenet.distributed import mixed_precision_dtype
     from hiergen.imagenet.forward_backward import RespacedDDPM, load_ddpm
     from hiergen.imagenet.forward_backward import run_forward_backward as run
     from hiergen.imagenet.schedule import k_grid
@@ -200,15 +218,17 @@ def run_forward_backward(args: argparse.Namespace) -> int:
     device = _device(args)
     _check_out(args.out)
     _threads(args)
-    shard_index, num_shards = shard_from_env(args.shard_index, args.num_shards)
+    procs = _processes(args, device)
     images = args.images
     if images == "digits":
-        images = export_digits_folder(args.out / "start_images", split="test")
+        with procs.main_first():
+            images = export_digits_folder(args.out / "start_images", split="test")
     classes = read_classes_file(args.classes) if args.classes else None
     records = scan_images(images, labels_file=args.labels, n_per_class=args.n_per_class,
                           seed=args.subset_seed, classes=classes)
     unet, scheduler = load_ddpm(resolve_preset(args.ddpm, "ddpm"), device=device)
-    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    dtype_name = mixed_precision_dtype(args.dtype)
+    dtype = None if dtype_name == "float32" else getattr(torch, dtype_name)
     sampler = RespacedDDPM(unet, scheduler, args.steps, dtype=dtype, compile=args.compile)
     if args.ks:
         try:
@@ -218,14 +238,14 @@ def run_forward_backward(args: argparse.Namespace) -> int:
     else:
         ks = k_grid(args.steps, args.n_k)
     stats = run(sampler, records, ks, args.out, seed=args.seed, batch_size=args.batch_size,
-                shard_index=shard_index, num_shards=num_shards, ddpm_name=str(args.ddpm),
-                progress=not args.no_progress)
-    print(json.dumps({"forward_backward": stats, "n_images": len(records), "ks": sorted(set(ks))}))
+                ddpm_name=str(args.ddpm), progress=not args.no_progress, processes=procs)
+    if procs.is_main or not procs.communicates:
+        print(json.dumps({"forward_backward": stats, "n_images": len(records),
+                          "ks": sorted(set(ks))}))
     return 0
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from hiergen.imagenet.data import shard_from_env
     from hiergen.imagenet.digits import resolve_preset
     from hiergen.imagenet.probe import load_classifier, probe_dir
     from hiergen.imagenet.probe import run_probe as run
@@ -235,16 +255,17 @@ def run_probe(args: argparse.Namespace) -> int:
     _check_out(args.out, must_exist=True)
     probe_dir(args.out, args.name)  # a bad name fails before the classifier loads
     _threads(args)
-    shard_index, num_shards = shard_from_env(args.shard_index, args.num_shards)
+    procs = _processes(args, device)
     clf = load_classifier(resolve_preset(args.classifier, "classifier"),
                           pretrained=not args.no_pretrained, checkpoint=args.checkpoint,
                           device=device)
     hooks = [h for h in args.hooks.split(",") if h] if args.hooks else None
-    stats = run(args.out, clf, batch_size=args.batch_size, shard_index=shard_index,
-                num_shards=num_shards, hook_names=hooks, device=device,
-                progress=not args.no_progress, name=args.name, whitening_eps=args.whitening_eps)
+    stats = run(args.out, clf, batch_size=args.batch_size, hook_names=hooks, device=device,
+                progress=not args.no_progress, name=args.name, whitening_eps=args.whitening_eps,
+                processes=procs)
     merged = args.out / f"{args.name}.nc"
-    print(json.dumps({"probe": stats, "merged": str(merged) if merged.is_file() else None}))
+    if procs.is_main or not procs.communicates:
+        print(json.dumps({"probe": stats, "merged": str(merged) if merged.is_file() else None}))
     return 0
 
 

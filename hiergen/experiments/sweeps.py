@@ -323,6 +323,8 @@ def _run_tasks(
     store: Any,
     progress: bool,
     desc: str,
+    scheduler: Any = None,
+    n_workers: int | None = None,
 ) -> tuple[dict[_Task, xr.Dataset], dict[str, Any]]:
     """Compute (or load) every task; save each at once when ``store`` is given.
 
@@ -330,7 +332,14 @@ def _run_tasks(
     inter-process lock per point) and computed, so that processes sharing the folder split
     the work. Points claimed by another process are done last: waiting for that process,
     then loading its result (or computing the point if that process died).
+    With a Dask ``scheduler``, the points are tasks there (:func:`_run_tasks_dask`).
     """
+    if scheduler is not None:
+        return _run_tasks_dask(
+            tasks, times, make_grammar, n_samples=n_samples, noise=noise, backend=backend,
+            dtype=dtype, device=device, store=store, progress=progress, desc=desc,
+            scheduler=scheduler, n_workers=n_workers,
+        )
     from hiergen._progress import progress_bar
 
     run = _Runner(times, make_grammar, n_samples=n_samples, noise=noise, backend=backend,
@@ -356,6 +365,51 @@ def _run_tasks(
         for task in busy:
             run.claim_and_run(task, wait=True)
             bar.update(1)
+    finally:
+        bar.close()
+    return run.results, run.info
+
+
+def _run_tasks_dask(
+    tasks: list[_Task],
+    times: np.ndarray,
+    make_grammar: Callable[[int, int], Grammar],
+    *,
+    n_samples: int,
+    noise: str,
+    backend: str,
+    dtype: str | None,
+    device: str | None,
+    store: Any,
+    progress: bool,
+    desc: str,
+    scheduler: Any,
+    n_workers: int | None,
+) -> tuple[dict[_Task, xr.Dataset], dict[str, Any]]:
+    """:func:`_run_tasks` on a Dask cluster: finished points are loaded here, the others are
+    Dask tasks (one per point) that write through the store themselves
+    (:mod:`hiergen.experiments.distributed`); a progress bar advances as they finish."""
+    from hiergen._progress import progress_bar
+    from hiergen.experiments.distributed import PointSpec, grammar_table, run_points
+
+    run = _Runner(times, make_grammar, n_samples=n_samples, noise=noise, backend=backend,
+                  dtype=dtype, device=device, store=store)
+    todo = []
+    for task in tasks:
+        if store is not None and store.has(task.key):
+            run.load(task)
+        else:
+            todo.append(task)
+    if not todo:
+        return run.results, run.info
+    spec = PointSpec(times, dict(grammar_table(todo, make_grammar)), n_samples, noise, run.bp_kw,
+                     None if store is None else str(store.root),
+                     None if store is None else dict(store.config))
+    bar = progress_bar(total=len(tasks), initial=len(tasks) - len(todo), desc=desc,
+                       enabled=progress, unit="pt")
+    try:
+        run_points(run, todo, spec, scheduler, n_workers=n_workers,
+                   on_done=lambda task: bar.update(1))
     finally:
         bar.close()
     return run.results, run.info
@@ -431,6 +485,13 @@ def _prepare_common(times: Any, n_samples: Any, noise: str, seeds: Iterable[Any]
     return times, n_samples, seeds
 
 
+def _check_scheduler(scheduler: Any, n_workers: int | None) -> None:
+    if scheduler is not None or n_workers is not None:
+        from hiergen.experiments.distributed import check_scheduler
+
+        check_scheduler(scheduler, n_workers)
+
+
 def _attrs(noise: str, n_samples: int, settings: Mapping[str, str], info: Mapping[str, Any]) -> dict[str, Any]:
     from hiergen import __version__
 
@@ -473,6 +534,8 @@ def forward_backward(
     dtype: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    scheduler: Any = None,
+    n_workers: int | None = None,
 ) -> xr.Dataset:
     """Forward–backward experiment on one grammar.
 
@@ -492,6 +555,10 @@ def forward_backward(
         :mod:`hiergen.experiments.store`); other settings (including backend and dtype)
         are refused with a :class:`ConfigError`.
     progress : show a progress bar on stderr (plain lines every 10 s when it is a file).
+    scheduler, n_workers : run the points as tasks on a Dask cluster (``"local"``, an address
+        ``tcp://host:8786``, a scheduler file or a ``distributed.Client``; ``n_workers`` for
+        local clusters), see :mod:`hiergen.experiments.distributed`; same numbers as the
+        default serial in-process run.
 
     Returns
     -------
@@ -503,6 +570,7 @@ def forward_backward(
         raise ConfigError(f"forward_backward needs a Grammar, got {type(grammar).__name__}")
     times, n_samples, seeds = _prepare_common(times, n_samples, noise, [seed])
     dtype = SWEEP_DTYPE if dtype is None else dtype
+    _check_scheduler(scheduler, n_workers)
     settings = bp_settings(grammar, backend, dtype, device)
     store = None
     if out is not None:
@@ -514,6 +582,7 @@ def forward_backward(
     results, info = _run_tasks(
         tasks, times, lambda L, s: grammar, n_samples=n_samples, noise=noise, backend=backend,
         dtype=dtype, device=device, store=store, progress=progress, desc="forward-backward",
+        scheduler=scheduler, n_workers=n_workers,
     )
     ds = _assemble(results, [grammar.L], seeds, times, noise).isel(L=0, seed=0, drop=True)
     ds.attrs.update(_attrs(noise, n_samples, settings, info))
@@ -556,6 +625,8 @@ def sweep_forward_backward(
     dtype: str | None = None,
     device: str | None = None,
     progress: bool = True,
+    scheduler: Any = None,
+    n_workers: int | None = None,
 ) -> xr.Dataset:
     """Forward–backward experiments on RHMs over depths and seeds, in one call.
 
@@ -570,6 +641,12 @@ def sweep_forward_backward(
     ``out/forward_backward.nc``. Processes sharing ``out`` claim points with inter-process
     locks, so each point is computed once and the result file is the same as one clean run's.
 
+    With ``scheduler`` (``"local"``, ``"tcp://host:8786"``, a scheduler file or a
+    ``distributed.Client``; ``n_workers`` for local clusters) the points are Dask tasks that
+    write through the store themselves (``out`` must then be on a file system shared with the
+    workers); the numbers are those of the serial run whatever the number of workers. See
+    :mod:`hiergen.experiments.distributed` and ``docs/scale_out.md``.
+
     Returns
     -------
     xarray.Dataset with coords ``L``, ``seed``, ``time``, ``level`` (``0..max(depths)``;
@@ -583,6 +660,7 @@ def sweep_forward_backward(
     if not depths or len(set(depths)) != len(depths):
         raise ConfigError(f"depths must be a non-empty list of distinct integers, got {depths}")
     times, n_samples, seeds = _prepare_common(times, n_samples, noise, seeds)
+    _check_scheduler(scheduler, n_workers)
     # building the grammars first validates the parameters before any work starts
     grammars = {(L, s): RHM(**params, L=L, seed=s) for L in depths for s in seeds}
     dtype = SWEEP_DTYPE if dtype is None else dtype
@@ -597,7 +675,7 @@ def sweep_forward_backward(
     results, info = _run_tasks(
         tasks, times, lambda L, s: grammars[(L, s)], n_samples=n_samples, noise=noise,
         backend=backend, dtype=dtype, device=device, store=store, progress=progress,
-        desc="forward-backward sweep",
+        desc="forward-backward sweep", scheduler=scheduler, n_workers=n_workers,
     )
     ds = _assemble(results, depths, seeds, times, noise)
     ds.attrs.update(_attrs(noise, n_samples, settings, info))
