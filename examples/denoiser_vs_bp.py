@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "for gaussian, 0:1:21 for masking)")
     parser.add_argument("--n-samples", type=int, default=1000, help="held-out samples per noise level")
     parser.add_argument("--seed", type=int, default=0, help="seed of the RHM and the training")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (these small models run fastest on one)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser
 
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for P in sizes:
         models[f"P{P}"], _ = train_denoiser(
             grammar, P, arch=args.arch, diffusion=args.diffusion, width=args.width, steps=args.steps,
-            seed=args.seed, out=args.out / f"P{P}", progress=not args.no_progress,
+            seed=args.seed, out=args.out / f"P{P}", threads=args.threads, progress=not args.no_progress,
         )
     default = "0:600:25" if args.diffusion == "gaussian" else "0:1:21"
     times = parse_times(args.times or default)

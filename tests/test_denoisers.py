@@ -198,12 +198,12 @@ def test_masking_transformer_copies_unmasked_leaves():
         compare_denoisers({"tf": model}, RHM(**{**TINY, "L": 2}, seed=0), [0.5], n_samples=8)
 
 
-def _train_and_compare(sizes: tuple[int, ...], steps: int, n_samples: int):
+def _train_and_compare(sizes: tuple[int, ...], steps: int, n_samples: int, width: int = 32):
     from hiergen.experiments.denoiser_compare import compare_denoisers
     from hiergen.experiments.denoisers import train_denoiser
 
     g = RHM(**TINY, seed=0)
-    models = {f"P{P}": train_denoiser(g, P, arch="cnn", width=32, steps=steps, progress=False)[0]
+    models = {f"P{P}": train_denoiser(g, P, arch="cnn", width=width, steps=steps, progress=False)[0]
               for P in sizes}
     times = [50.0, 150.0, 250.0, 400.0]
     return compare_denoisers(models, g, times, n_samples=n_samples, seed=7,
@@ -225,10 +225,13 @@ def test_kl_to_bp_falls_with_training_set_size():
 
 @pytest.mark.slow
 def test_kl_to_bp_falls_monotonically_over_three_sizes():
-    """Three sizes, longer training: KL(P=16) > KL(P=128) > KL(P=1024), each by 10% at least."""
-    ds = _train_and_compare((16, 128, 1024), steps=800, n_samples=512)
+    """Three sizes at the CPU-default model size (width 64, 1500 steps): KL(P=16) >
+    KL(P=128) > KL(P=1024), each by 20% at least. (With 800 steps at width 32 the last two
+    are within 6%: then the optimisation, not the data, limits the model.)"""
+    ds = _train_and_compare((16, 128, 1024), steps=1500, n_samples=512, width=64)
     kl = ds["kl"].mean("time").values
-    assert kl[0] > 1.1 * kl[1] and kl[1] > 1.1 * kl[2]
+    print("mean KL per P:", kl)
+    assert kl[0] > 1.2 * kl[1] and kl[1] > 1.2 * kl[2]
 
 
 # ----------------------------------------------------------------------------- CLI, example

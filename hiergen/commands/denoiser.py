@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed of the training set, initialisation, batches and noise")
     t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
     t.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
-    t.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice); resumed runs match "
-                        "uninterrupted ones with the same thread count")
+    t.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (small models train fastest on one); a resumed run "
+                        "matches an uninterrupted one with the same thread count")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar (on stderr)")
     t.set_defaults(func=run_train)
 
@@ -66,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=12345,
                    help="seed of the held-out data, noise and samples (keep it apart from training)")
     c.add_argument("--device", default="cpu", help="torch device of the models")
+    c.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     c.add_argument("--no-plots", action="store_true", help="do not write the PNG figure")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bar (on stderr)")
     c.set_defaults(func=run_compare)
@@ -76,15 +77,11 @@ def run_train(args: argparse.Namespace) -> int:
     from hiergen.experiments.denoisers import train_denoiser
     from hiergen.models.rhm import RHM
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(int(args.threads))
     grammar = RHM(v=args.v, n_classes=args.n_classes, m=args.m, s=args.s, L=args.L, seed=args.rhm_seed)
     _, meta = train_denoiser(
         grammar, args.P, arch=args.arch, diffusion=args.diffusion, width=args.width, layers=args.layers,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, out=args.out,
-        checkpoint_every=args.checkpoint_every, device=args.device, progress=not args.no_progress,
+        checkpoint_every=args.checkpoint_every, device=args.device, threads=args.threads, progress=not args.no_progress,
     )
     losses = meta["losses"]
     print(f"{args.arch} denoiser ({args.diffusion}) on {grammar!r}, P = {args.P}: {meta['step']} steps "
@@ -94,6 +91,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
+    import torch
+
     from hiergen._files import atomic_write
     from hiergen.commands.forward_backward import parse_times
     from hiergen.experiments.denoiser_compare import compare_denoisers, plot_comparison
@@ -102,6 +101,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from hiergen.models.errors import ConfigError
     from hiergen.models.rhm import RHM
 
+    torch.set_num_threads(max(1, int(args.threads)))
     models, P, grammars = {}, {}, set()
     for folder in args.checkpoints:
         model, meta = load_denoiser(folder, device=args.device)

@@ -25,7 +25,9 @@ noised once (``x_t`` for Gaussian diffusion, a masked datum for masking diffusio
   one-shot sampling) and BP's exact posterior sample of the whole tree (``class_change_bp``,
   ``p_change_bp``: the true forward–backward curve of the paper).
 - the change correlations of :mod:`hiergen.experiments.correlations` (``change_corr``,
-  ``chi``, ``xi``) for the model's one-shot samples and BP's exact samples.
+  ``chi``, ``xi``) for the model's one-shot samples and BP's exact samples
+  (``chi_bp_oneshot``: one-shot samples of BP's leaf marginals, the fair reference for the
+  models: independent leaf draws lose the correlations a whole-tree sample has).
 - per model, the class transition time and width (logistic fits,
   :func:`~hiergen.experiments.analysis.transition`) of its one-shot class-change curve,
   and BP's.
@@ -64,6 +66,7 @@ _ATTRS = {
     "p_change_bp": ("fraction of a level's nodes changed by BP's exact posterior sample", "1"),
     "chi_model": ("susceptibility of leaf changes, one-shot model samples", "1"),
     "chi_bp": ("susceptibility of leaf changes, BP exact samples", "1"),
+    "chi_bp_oneshot": ("susceptibility of leaf changes, one-shot samples of BP's leaf marginals", "1"),
     "xi_model": ("correlation length of leaf changes, one-shot model samples", "leaves"),
     "xi_bp": ("correlation length of leaf changes, BP exact samples", "leaves"),
     "change_corr_model": ("connected correlation C(r) of leaf changes, one-shot model samples", "1"),
@@ -177,6 +180,7 @@ def _bp_block(bp: Any, acc: dict[str, Any], ev: Any, x0: Any, seed: int,
     acc["p_change_bp"].add(np.stack([(h != s).mean(1) for h, s in zip(x_hat.symbols, x0.symbols)], 1))
     acc["corr"].add(x0.leaves, x_hat.leaves)
     sample = _one_shot(np.log(np.maximum(p, 1e-300)), rng)
+    acc["corr_oneshot"].add(x0.leaves, sample)
     acc["class_change_bp_oneshot"].add(parse_leaves(bp, sample, p.shape[-1]).symbols[0][:, 0] != x0.labels)
     return p
 
@@ -246,6 +250,7 @@ def compare_denoisers(
         acc_bp: dict[str, Any] = {k: _Mean() for k in ("ce_bp", "leaf_acc_bp", "acc_bp", "class_change_bp",
                                                        "p_change_bp", "class_change_bp_oneshot")}
         acc_bp["corr"] = ChangeCorrelation(grammar.d)
+        acc_bp["corr_oneshot"] = ChangeCorrelation(grammar.d)
         for b, x0 in enumerate(data):
             ev, obs = _observe(diffusion, v, x0.leaves, t, _seed_int(seed, L, ti, b, _NOISE))
             rng = np.random.default_rng(_seed_int(seed, L, ti, b, 3))
@@ -280,7 +285,7 @@ def _assemble(names: list[str], times: np.ndarray, L: int, d: int, rows_m: list,
     ds["chi_model"] = (("model", "time"), np.array([[c["chi"] for c in r] for r in corr]).T)
     ds["xi_model"] = (("model", "time"), np.array([[c["xi"] for c in r] for r in corr]).T)
     for key in rows_bp[0]:
-        if key == "corr":
+        if key.startswith("corr"):
             continue
         stats = [row[key].mean_se() for row in rows_bp]
         mean, se = np.stack([m for m, _ in stats]), np.stack([s for _, s in stats])
@@ -290,6 +295,7 @@ def _assemble(names: list[str], times: np.ndarray, L: int, d: int, rows_m: list,
     ds["change_corr_bp"] = (("time", "r"), np.stack([c["C"] for c in cb]))
     ds["chi_bp"] = ("time", [c["chi"] for c in cb])
     ds["xi_bp"] = ("time", [c["xi"] for c in cb])
+    ds["chi_bp_oneshot"] = ("time", [row["corr_oneshot"].result()["chi"] for row in rows_bp])
     for k, (long_name, units) in _ATTRS.items():
         if k in ds:
             ds[k].attrs.update({"long_name": long_name, "units": units})
@@ -342,6 +348,7 @@ def plot_comparison(ds: xr.Dataset) -> Any:
     a2.plot(t, ds["class_change_bp"], "k-", lw=2, label="BP exact posterior sample")
     a2.set_ylabel("class-change probability")
     a3.plot(t, ds["chi_bp"], "k-", lw=2, label="BP exact")
+    a3.plot(t, ds["chi_bp_oneshot"], "k--", label="BP marginals (one-shot)")
     a3.axvline(ds.attrs["t_star_bp"], color="grey", ls=":", label="BP class transition t*")
     a3.set_ylabel("susceptibility of leaf changes")
     xl = "diffusion time t" if ds.attrs.get("diffusion") == "gaussian" else "masking probability p"

@@ -382,9 +382,14 @@ def train_denoiser(
     out: str | Path | None = None,
     checkpoint_every: int = 500,
     device: str = "cpu",
+    threads: int | None = None,
     progress: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Train a denoiser on ``P`` clean data of ``grammar`` (see the module doc).
+
+    ``threads``: ``torch.set_num_threads`` before training (default: leave it). The CPU
+    sizes are small enough that one thread is fastest; several threads on a busy machine can
+    be many times slower (oversubscription).
 
     Returns ``(model, meta)``: the model in eval mode and ``meta`` with ``settings``,
     ``step`` (optimiser steps done), ``losses`` (mean training loss per
@@ -398,6 +403,8 @@ def train_denoiser(
     checkpoint_every = _pos_int(checkpoint_every, "checkpoint_every")
     seed = _pos_int(seed, "seed", 0)
     lr = _pos_float(lr, "lr")
+    if threads is not None:
+        torch.set_num_threads(_pos_int(threads, "threads"))
     torch.manual_seed(seed)
     model = make_denoiser(grammar, arch, diffusion, width, layers)
     settings = _settings(grammar, model.config, P, batch_size, lr, seed, checkpoint_every)
