@@ -47,6 +47,26 @@ def random_grammar(
     return Grammar(vocab_sizes, branching, rules, probs, root_prior=prior, allow_unreachable=True)
 
 
+def _rhm(**kw):
+    from hiergen.models.rhm import RHM
+
+    return RHM(**kw)
+
+
+#: the grammar zoo of the BP oracle tests (both engines): RHMs and general grammars with
+#: s = 2 and 3, mixed branching, s = 1, ambiguous, non-uniform and ragged rules
+BP_GRAMMAR_ZOO = {
+    "rhm-s2": lambda: _rhm(v=4, n_classes=2, m=2, s=2, L=3, seed=3),
+    "rhm-s3": lambda: _rhm(v=3, n_classes=2, m=2, s=3, L=2, seed=1),
+    "ambiguous-mixed-branching": lambda: random_grammar((2, 3, 3), (2, 3), 3, seed=5),
+    "ambiguous-s3": lambda: random_grammar((3, 2, 3), (3, 2), 3, seed=7),
+    "branching-one": lambda: random_grammar((2, 3, 3), (1, 2), 2, seed=4),
+    "branching-one-uniform": lambda: random_grammar((2, 3, 2), (2, 1), 2, seed=4, uniform=True),
+    "nonuniform-deep": lambda: random_grammar((2, 3, 2, 3), (2, 2, 2), 2, seed=11),
+    "unambiguous-nonuniform": lambda: random_grammar((2, 3, 4), (2, 2), 3, seed=2, ambiguous=False),
+}
+
+
 @pytest.fixture
 def make_grammar():
     return random_grammar

@@ -11,22 +11,13 @@ import pytest
 
 pytest.importorskip("numba")
 
-from conftest import random_grammar  # noqa: E402
+from conftest import BP_GRAMMAR_ZOO  # noqa: E402
 from hiergen import RHM, BeliefPropagation  # noqa: E402
 from hiergen.inference.bruteforce import brute_force_posterior  # noqa: E402
 from hiergen.models.errors import BackendError, InconsistentEvidenceError  # noqa: E402
 from hiergen.models.noise import GaussianDiffusion, UniformCorruption  # noqa: E402
 
-GRAMMARS = {
-    "rhm-s2": lambda: RHM(v=4, n_classes=2, m=2, s=2, L=3, seed=3),
-    "rhm-s3": lambda: RHM(v=3, n_classes=2, m=2, s=3, L=2, seed=1),
-    "ambiguous-mixed-branching": lambda: random_grammar((2, 3, 3), (2, 3), 3, seed=5),
-    "ambiguous-s3": lambda: random_grammar((3, 2, 3), (3, 2), 3, seed=7),
-    "branching-one": lambda: random_grammar((2, 3, 3), (1, 2), 2, seed=4),
-    "branching-one-uniform": lambda: random_grammar((2, 3, 2), (2, 1), 2, seed=4, uniform=True),
-    "nonuniform-deep": lambda: random_grammar((2, 3, 2, 3), (2, 2, 2), 2, seed=11),
-    "unambiguous-nonuniform": lambda: random_grammar((2, 3, 4), (2, 2), 3, seed=2, ambiguous=False),
-}
+GRAMMARS = BP_GRAMMAR_ZOO
 # float32 messages: stated accuracy of marginals (absolute) and log-evidence (absolute)
 F32_MARG, F32_LOGEV = 2e-5, 2e-4
 
