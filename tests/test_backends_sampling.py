@@ -68,6 +68,7 @@ def test_infer_discrete_samples_match_bp_marginals():
         assert ok.all()
 
 
+@pytest.mark.slow
 def test_gibbs_matches_bp_and_reports_diagnostics():
     g = RHM(v=3, n_classes=2, m=2, s=2, L=3, seed=2)
     lik = _soft_likelihood(g, 2, seed=4)

@@ -221,6 +221,7 @@ def test_sweep_progress_in_a_log_file_has_no_carriage_returns(tmp_path):
     assert "points computed: 3" in res.stdout
 
 
+@pytest.mark.slow
 def test_example_progress_in_a_log_file_has_no_carriage_returns(tmp_path):
     """An example script run with stderr redirected to a file: plain progress lines."""
     log = tmp_path / "stderr.log"

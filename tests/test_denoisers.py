@@ -210,6 +210,7 @@ def _train_and_compare(sizes: tuple[int, ...], steps: int, n_samples: int, width
                              P={f"P{P}": P for P in sizes}, progress=False)
 
 
+@pytest.mark.slow
 def test_kl_to_bp_falls_with_training_set_size():
     """A tree U-Net trained on P = 16 data memorises them; on P = 1024 (all 1024 data of this
     RHM are about 63% covered) it approaches BP. Measured mean KL over t in {50, 150, 250, 400}

@@ -166,6 +166,7 @@ def test_local_cluster_by_name(serial):
     assert_same_numbers(serial, ds)
 
 
+@pytest.mark.slow
 def test_python_m_hiergen_with_a_local_cluster(serial, tmp_path):
     """``python -m hiergen`` under spawned Dask workers: they re-import hiergen.__main__, which
     must not rerun the command."""

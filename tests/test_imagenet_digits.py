@@ -73,6 +73,7 @@ def test_preset_classifier_accuracy():
 
 
 @needs_preset
+@pytest.mark.slow
 def test_class_change_rises_with_k(tmp_path):
     from hiergen.imagenet.data import scan_images
     from hiergen.imagenet.forward_backward import RespacedDDPM, load_ddpm, run_forward_backward

@@ -44,6 +44,7 @@ def test_hooks_cover_every_convnext_block():
     rec.close()
 
 
+@pytest.mark.slow
 def test_convnext_base_has_the_papers_41_hooks(tmp_path):
     """A random convnext_base (no download) saved to a local file: the probe's loader takes it as
     ``--checkpoint`` and hooks the paper's 41 modules (stem, 36 blocks, 3 downsamplings, head)."""

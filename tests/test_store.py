@@ -143,6 +143,7 @@ def test_kill_during_final_assembly_then_rerun_gives_clean_result(tmp_path, clea
     xr.testing.assert_identical(_result(out), clean)
 
 
+@pytest.mark.slow
 def test_kill_during_point_save_then_rerun_gives_clean_result(tmp_path, clean):
     out = tmp_path / "run"
     rc, _, _ = _finish(_start(tmp_path, "kill_point", out))
