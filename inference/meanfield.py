@@ -42,6 +42,7 @@ import numpy as np
 from hiergen._lazy import attach
 from hiergen.models._validate import check_int
 from hiergen.models.errors import ConfigError, EvidenceError, GrammarError
+from hiergen.models.rhm import check_rhm_feasible
 
 if TYPE_CHECKING:
     from hiergen.inference.meanfield_sim import Simulation as Simulation
@@ -72,14 +73,7 @@ def check_params(v: int, m: int, s: int, n_classes: int | None = None) -> tuple[
     m = _int(m, "m", 1)
     s = _int(s, "s", 2)
     n_classes = v if n_classes is None else _int(n_classes, "n_classes", 2)
-    n_tuples = v**s
-    for name, n_parent in (("v", v), ("n_classes", n_classes)):
-        if n_parent * m > n_tuples:
-            raise GrammarError(
-                f"m = {m} is too large: {name} * m = {n_parent * m} rules needed but only "
-                f"v**s = {v}**{s} = {n_tuples} distinct tuples exist (need m <= "
-                f"{n_tuples // n_parent})"
-            )
+    check_rhm_feasible(v, n_classes, m, s)
     return v, m, s, n_classes
 
 

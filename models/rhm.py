@@ -64,6 +64,19 @@ def _distinct_tuples(v: int, s: int, k: int, rng: np.random.Generator) -> np.nda
     return out
 
 
+def check_rhm_feasible(v: int, n_classes: int, m: int, s: int) -> None:
+    """GrammarError unless the rules fit: ``n_classes * m <= v**s`` and ``v * m <= v**s``
+    (each symbol of a level needs ``m`` tuples of its own among the ``v**s``)."""
+    for name, n_parent in (("n_classes", n_classes), ("v", v)):
+        # compare logs first, so that a huge v**s is never formed
+        if s * math.log2(v) < math.log2(n_parent * m) + 1 and n_parent * m > v**s:
+            raise GrammarError(
+                f"infeasible RHM: {name} * m = {n_parent} * {m} = {n_parent * m} rules needed "
+                f"but only v**s = {v}**{s} = {v**s} distinct tuples exist "
+                f"(m = {m} is too large: need m <= {v**s // n_parent})"
+            )
+
+
 def check_rhm_size(v: int, n_classes: int, m: int, s: int, L: int) -> None:
     """SizeLimitError when an RHM's rule tables would be too large to build.
 
@@ -110,13 +123,7 @@ class RHM(Grammar):
         L = _check_size(L, "L")
         seed = _check_size(seed, "seed", minimum=0)
         check_rhm_size(v, n_classes, m, s, L)
-        for name, n_parent in (("n_classes", n_classes), ("v", v)):
-            # n_parent * m <= MAX_RULE_ENTRIES, so compare logs before forming v**s exactly
-            if s * math.log2(v) < math.log2(n_parent * m) + 1 and n_parent * m > v**s:
-                raise GrammarError(
-                    f"infeasible RHM: {name} * m = {n_parent} * {m} = {n_parent * m} rules needed "
-                    f"but only v**s = {v}**{s} = {v**s} distinct tuples exist"
-                )
+        check_rhm_feasible(v, n_classes, m, s)
         self.v, self.m, self.s, self.seed = v, m, s, seed
         rules = _rules if _rules is not None else random_rhm_rules(
             v, n_classes, m, s, L, np.random.default_rng(seed)
