@@ -123,6 +123,24 @@ def _accuracy(model: Any, x: Any, y: Any, batch: int = 4096) -> float:
     return correct / max(1, x.shape[0])
 
 
+def _train_test_data(grammar: Grammar, n_train: int, n_test: int, seed: int, dev: Any) -> tuple[Any, ...]:
+    """One-hot training and test data ``(n, v, d)`` with labels ``(n,)`` for :func:`train_cnn`;
+    test samples that also occur in the training set are dropped."""
+    torch = _torch()
+    v, L = grammar.vocab_sizes[-1], grammar.L
+    seq = np.random.SeedSequence(entropy=[seed, L], spawn_key=(7,))
+    s_train, s_test = (int(c.generate_state(1)[0]) for c in seq.spawn(2))
+    train = grammar.sample(n_train, seed=s_train)
+    test = grammar.sample(n_test, seed=s_test)
+    keep = _unseen(train.leaves, test.leaves)
+    if not keep.any():
+        raise ConfigError("every test sample also occurs in the training set: the grammar is too small")
+    x_tr, y_tr = _one_hot(train.leaves, v, dev), torch.as_tensor(train.labels, device=dev)
+    x_te = _one_hot(test.leaves[keep], v, dev)
+    y_te = torch.as_tensor(test.labels[keep], device=dev)
+    return x_tr, y_tr, x_te, y_te
+
+
 def train_cnn(
     grammar: Grammar,
     n_train: int = CPU_DEFAULT["n_train"],
@@ -160,16 +178,7 @@ def train_cnn(
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
     v, s, L = grammar.vocab_sizes[-1], grammar.branching[0], grammar.L
-    seq = np.random.SeedSequence(entropy=[seed, L], spawn_key=(7,))
-    s_train, s_test = (int(c.generate_state(1)[0]) for c in seq.spawn(2))
-    train = grammar.sample(int(n_train), seed=s_train)
-    test = grammar.sample(int(n_test), seed=s_test)
-    keep = _unseen(train.leaves, test.leaves)
-    if not keep.any():
-        raise ConfigError("every test sample also occurs in the training set: the grammar is too small")
-    x_tr, y_tr = _one_hot(train.leaves, v, dev), torch.as_tensor(train.labels, device=dev)
-    x_te = _one_hot(test.leaves[keep], v, dev)
-    y_te = torch.as_tensor(test.labels[keep], device=dev)
+    x_tr, y_tr, x_te, y_te = _train_test_data(grammar, int(n_train), int(n_test), seed, dev)
 
     torch.manual_seed(seed)
     model = TreeCNN(v, grammar.n_classes, s, L, width).to(dev)
@@ -200,7 +209,7 @@ def train_cnn(
     info = {
         "train_acc": train_acc,
         "test_acc": _accuracy(model, x_te, y_te),
-        "n_test_unseen": int(keep.sum()),
+        "n_test_unseen": int(x_te.shape[0]),
         "epochs": epochs_run,
         "seconds": time.perf_counter() - t0,
         "n_train": int(n_train), "width": int(width), "batch_size": int(batch_size), "lr": float(lr),
@@ -288,28 +297,14 @@ def cnn_probe(
     """
     torch = _torch()
     from hiergen._progress import progress_bar
-    from hiergen.experiments.sweeps import (
-        _check_noise,
-        _check_times,
-        draw_data,
-        forward_backward_point,
-    )
+    from hiergen.experiments.sweeps import draw_data, forward_backward_point
     from hiergen.inference.bp import BeliefPropagation
     from hiergen.models.noise import make_noise
 
-    _check_grammar(grammar)
-    cfg = getattr(model, "config", None)
-    want = {"v": grammar.vocab_sizes[-1], "n_classes": grammar.n_classes, "s": grammar.branching[0],
-            "L": grammar.L}
-    if cfg is None or any(cfg[k] != want[k] for k in want):
-        raise ConfigError(f"model {cfg} does not match the grammar {want}")
-    _check_noise(noise)
-    times = _check_times(times, noise)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
-        raise ConfigError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    times = _check_probe_args(model, grammar, times, n_samples, noise)
     dev = torch.device(device)
     model = model.to(dev).eval()
-    v, L = want["v"], grammar.L
+    v, L = grammar.vocab_sizes[-1], grammar.L
     bp = BeliefPropagation(grammar, backend=backend)
     proc = make_noise(noise, v)
     data = draw_data(grammar, int(n_samples), seed)
@@ -342,10 +337,39 @@ def cnn_probe(
         for k in names:
             x = np.concatenate(acc[k], 0)
             res[k].append((x.mean(0), x.std(0, ddof=1) / math.sqrt(x.shape[0])))
+    ds = _probe_dataset(res, times, L)
+    ds.attrs.update({"noise": noise, "n_samples": int(n_samples), "seed": int(seed), "L": L,
+                     "whiten": int(bool(whiten)),
+                     "n_classes": grammar.n_classes, "grammar": repr(grammar)})
+    return ds
+
+
+def _check_probe_args(model: Any, grammar: Grammar, times: Any, n_samples: Any, noise: str) -> np.ndarray:
+    """Validate :func:`cnn_probe`'s inputs (the model must match the grammar); returns the
+    checked ``times`` ``(n_t,)``."""
+    from hiergen.experiments.sweeps import _check_noise, _check_times
+
+    _check_grammar(grammar)
+    cfg = getattr(model, "config", None)
+    want = {"v": grammar.vocab_sizes[-1], "n_classes": grammar.n_classes, "s": grammar.branching[0],
+            "L": grammar.L}
+    if cfg is None or any(cfg[k] != want[k] for k in want):
+        raise ConfigError(f"model {cfg} does not match the grammar {want}")
+    _check_noise(noise)
+    times = _check_times(times, noise)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+        raise ConfigError(f"n_samples must be an integer >= 2, got {n_samples!r}")
+    return times
+
+
+def _probe_dataset(res: dict[str, list[tuple[np.ndarray, np.ndarray]]], times: np.ndarray,
+                   L: int) -> xr.Dataset:
+    """Stack the per-time ``(mean, standard error)`` pairs of :func:`cnn_probe` into a
+    Dataset over ``time`` ``(n_t,)`` and ``layer`` ``(L,)``."""
     ds = xr.Dataset(coords={"time": times, "layer": np.arange(1, L + 1)})
-    for k in names:
-        mean = np.stack([m for m, _ in res[k]], 0)
-        se = np.stack([e for _, e in res[k]], 0)
+    for k, pairs in res.items():
+        mean = np.stack([m for m, _ in pairs], 0)
+        se = np.stack([e for _, e in pairs], 0)
         dims = ("time", "layer") if mean.ndim == 2 else ("time",)
         ds[k] = (dims, mean)
         if k != "cnn_acc_x0":
@@ -355,9 +379,6 @@ def cnn_probe(
     ds["class_change"].attrs["long_name"] = "CNN-predicted class of x0_hat differs from that of x0"
     ds["class_change_bp"].attrs["long_name"] = "true class of x0_hat differs from that of x0"
     ds["layer"].attrs["long_name"] = "CNN layer k (sees s**k leaves; matches tree level L-k)"
-    ds.attrs.update({"noise": noise, "n_samples": int(n_samples), "seed": int(seed), "L": L,
-                     "whiten": int(bool(whiten)),
-                     "n_classes": grammar.n_classes, "grammar": repr(grammar)})
     return ds
 
 
