@@ -108,6 +108,10 @@ def _time_features(u: Any, n: int = 16) -> Any:
 
 
 def _build(config: dict[str, Any]) -> Any:
+    """The denoiser module of ``config`` (tree U-Net or transformer).
+
+    Longer than 80 lines on purpose: the ``nn.Module`` classes are defined inside, so that
+    torch is imported only when a denoiser is built (``import hiergen`` stays light)."""
     torch = _torch()
     from hiergen.models.noise import DDPMSchedule
 
