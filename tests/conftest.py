@@ -91,3 +91,50 @@ def load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_generable(g: Grammar, tree, lik=None) -> None:
+    """Every sampled/decoded tree is a derivation of ``g`` (valid rules of positive
+    probability, children as the rules say) and, given ``lik`` ``(B, d, v)``, its leaves have
+    positive likelihood."""
+    for lev in range(g.L):
+        parent, rule = tree.symbols[lev], tree.rules[lev]
+        assert np.all(rule < g.n_rules[lev][parent])
+        assert np.all(g.probs[lev][parent, rule] > 0)
+        kids = g.children[lev][parent, rule].reshape(parent.shape[0], -1)
+        np.testing.assert_array_equal(kids, tree.symbols[lev + 1])
+    if lik is not None:
+        support = np.take_along_axis(lik, tree.leaves[..., None], -1)[..., 0]
+        assert np.all(support > 0)
+
+
+def assert_sample_frequencies(g: Grammar, tree, marginals, n: int) -> None:
+    """Symbol frequencies of ``n`` posterior samples of one item match its exact marginals
+    (``marginals[l][0]`` ``(n_l, v_l)``) within 5 sigma per cell (+1e-3), fixed seed."""
+    for lev in range(g.L + 1):
+        v = g.vocab_sizes[lev]
+        freq = np.stack([(tree.symbols[lev] == a).mean(0) for a in range(v)], -1)
+        p = marginals[lev][0]
+        tol = 5 * np.sqrt(p * (1 - p) / n) + 1e-3
+        assert np.all(np.abs(freq - p) <= tol), (lev, np.abs(freq - p).max())
+
+
+def save_test_classifier(folder, spec, seed: int = 0):
+    """A randomly initialised timm model of ``spec`` saved as a hiergen classifier folder
+    (8x8 grey inputs, 3 classes); returns the torch model."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from hiergen.imagenet.probe import build_timm_model
+
+    torch.manual_seed(seed)
+    model = build_timm_model(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "model.safetensors"))
+    (folder / "classifier.json").write_text(json.dumps({
+        "model": spec, "input_size": 8, "in_chans": 1, "mean": [0.5], "std": [0.5],
+        "num_classes": 3}))
+    return model

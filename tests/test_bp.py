@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import BP_GRAMMAR_ZOO
+from conftest import BP_GRAMMAR_ZOO, assert_generable, assert_sample_frequencies
 from hiergen import RHM, BeliefPropagation
 from hiergen.inference.bruteforce import brute_force_posterior, enumerate_trees
 from hiergen.models.errors import BackendError, EvidenceError, InconsistentEvidenceError
@@ -65,19 +65,9 @@ def test_map_matches_brute_force(name):
     ref = brute_force_posterior(g, lik)
     # brute-force max of prior x likelihood over trees
     np.testing.assert_allclose(est.log_prob, ref["map_log_prob"], atol=1e-10)
-    _assert_generable(g, est.tree, lik)
+    assert_generable(g, est.tree, lik)
 
 
-def _assert_generable(g, tree, lik=None):
-    for lev in range(g.L):
-        parent, rule = tree.symbols[lev], tree.rules[lev]
-        assert np.all(rule < g.n_rules[lev][parent])
-        assert np.all(g.probs[lev][parent, rule] > 0)
-        kids = g.children[lev][parent, rule].reshape(parent.shape[0], -1)
-        np.testing.assert_array_equal(kids, tree.symbols[lev + 1])
-    if lik is not None:
-        support = np.take_along_axis(lik, tree.leaves[..., None], -1)[..., 0]
-        assert np.all(support > 0)
 
 
 @pytest.mark.parametrize("name", ["ambiguous-mixed-branching", "rhm-s2", "nonuniform-deep"])
@@ -87,14 +77,9 @@ def test_posterior_samples_match_marginals(name):
     lik = np.repeat(_random_likelihood(g, 1, seed=8), n, axis=0)
     bp = BeliefPropagation(g)
     tree = bp.sample(lik, seed=123)
-    _assert_generable(g, tree, lik)
+    assert_generable(g, tree, lik)
     marg = bp.run(lik[:1]).marginals
-    for lev in range(g.L + 1):
-        v = g.vocab_sizes[lev]
-        freq = np.stack([(tree.symbols[lev] == a).mean(0) for a in range(v)], -1)
-        p = marg[lev][0]
-        tol = 5 * np.sqrt(p * (1 - p) / n) + 1e-3  # 5 sigma per cell, fixed seed
-        assert np.all(np.abs(freq - p) <= tol), (lev, np.abs(freq - p).max())
+    assert_sample_frequencies(g, tree, marg, n)
 
 
 def test_sampling_is_seeded():
@@ -120,7 +105,7 @@ def test_backends_agree_with_numpy(backend):
     bp = BeliefPropagation(g, backend=backend, dtype="float64")
     est = bp.map(lik)
     np.testing.assert_allclose(est.log_prob, BeliefPropagation(g).map(lik).log_prob, atol=1e-10)
-    _assert_generable(g, bp.sample(lik, seed=0), lik)
+    assert_generable(g, bp.sample(lik, seed=0), lik)
 
 
 def test_torch_tensor_evidence_accepted():

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("numba")
 
-from conftest import BP_GRAMMAR_ZOO  # noqa: E402
+from conftest import BP_GRAMMAR_ZOO, assert_generable, assert_sample_frequencies  # noqa: E402
 from hiergen import RHM, BeliefPropagation  # noqa: E402
 from hiergen.inference.bruteforce import brute_force_posterior  # noqa: E402
 from hiergen.models.errors import BackendError, InconsistentEvidenceError  # noqa: E402
@@ -86,21 +86,12 @@ def test_kernel_map_matches_brute_force(name):
     for dtype, tol in (("float64", 1e-10), ("float32", F32_LOGEV)):
         est = _kernel(g, dtype=dtype).map(lik)
         np.testing.assert_allclose(est.log_prob, ref["map_log_prob"], atol=tol)
-        _assert_generable(g, est.tree, lik)
+        assert_generable(g, est.tree, lik)
         if dtype == "float64":  # same tie-breaking (first best rule) as the array engine
             for a, b in zip(est.tree.symbols, arr.tree.symbols):
                 np.testing.assert_array_equal(a, b)
 
 
-def _assert_generable(g, tree, lik):
-    for lev in range(g.L):
-        parent, rule = tree.symbols[lev], tree.rules[lev]
-        assert np.all(rule < g.n_rules[lev][parent])
-        assert np.all(g.probs[lev][parent, rule] > 0)
-        kids = g.children[lev][parent, rule].reshape(parent.shape[0], -1)
-        np.testing.assert_array_equal(kids, tree.symbols[lev + 1])
-    support = np.take_along_axis(lik, tree.leaves[..., None], -1)[..., 0]
-    assert np.all(support > 0)
 
 
 @pytest.mark.parametrize("name", ["ambiguous-mixed-branching", "rhm-s3", "nonuniform-deep", "branching-one"])
@@ -112,14 +103,9 @@ def test_kernel_samples_match_marginals(name, dtype):
     prior = np.random.default_rng(1).dirichlet(np.ones(g.n_classes))
     bp = _kernel(g, dtype=dtype)
     tree = bp.sample(lik, seed=123, prior=prior)
-    _assert_generable(g, tree, lik)
+    assert_generable(g, tree, lik)
     marg = brute_force_posterior(g, lik[:1], prior=prior)["marginals"]
-    for lev in range(g.L + 1):
-        v = g.vocab_sizes[lev]
-        freq = np.stack([(tree.symbols[lev] == a).mean(0) for a in range(v)], -1)
-        p = marg[lev][0]
-        tol = 5 * np.sqrt(p * (1 - p) / n) + 1e-3  # 5 sigma per cell, fixed seed
-        assert np.all(np.abs(freq - p) <= tol), (lev, np.abs(freq - p).max())
+    assert_sample_frequencies(g, tree, marg, n)
 
 
 def test_kernel_samples_seeded_thread_independent_and_run_and_sample_agrees():

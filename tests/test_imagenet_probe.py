@@ -3,10 +3,10 @@ classifier loading errors, and a whole probe run on a tiny forward-backward run.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+
+from conftest import save_test_classifier
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -14,7 +14,6 @@ timm = pytest.importorskip("timm")
 from hiergen.imagenet.probe import (  # noqa: E402
     ActivationRecorder,
     Whitening,
-    build_timm_model,
     hook_points,
     load_classifier,
     similarity,
@@ -122,17 +121,7 @@ def test_similarity_metrics():
 
 
 def _save_classifier(folder, spec):
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    model = build_timm_model(spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
-    (folder / "classifier.json").write_text(json.dumps({
-        "model": spec, "input_size": 8, "in_chans": 1, "mean": [0.5], "std": [0.5],
-        "num_classes": 3}))
-    return model
+    return save_test_classifier(folder, spec, seed=0)
 
 
 SPEC = {"timm_class": "timm.models.convnext.ConvNeXt",

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import save_test_classifier
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("timm")
@@ -184,18 +186,7 @@ SPEC = {"timm_class": "timm.models.convnext.ConvNeXt",
 
 
 def _classifier(folder: Path, seed: int):
-    from safetensors.torch import save_file
-
-    from hiergen.imagenet.probe import build_timm_model
-
-    torch.manual_seed(seed)
-    model = build_timm_model(SPEC)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / "model.safetensors"))
-    (folder / "classifier.json").write_text(json.dumps({
-        "model": SPEC, "input_size": 8, "in_chans": 1, "mean": [0.5], "std": [0.5],
-        "num_classes": 3}))
+    save_test_classifier(folder, SPEC, seed=seed)
     return load_classifier(folder)
 
 
