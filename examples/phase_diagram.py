@@ -13,6 +13,10 @@ theory), "x" marks grammars whose deeper curve is worse at every eps (class lost
 those whose deeper curve is better at every eps. Panel (b): eps* against f = m / v^(s-1)
 (finite-v theory, v -> inf limit, simulations). Writes ``phase_diagram.png`` and
 ``phase_diagram.nc``.
+
+The simulation points (one per v, m, depth and RHM seed) are saved under ``OUT/points`` as
+they finish: a rerun, or a larger ``--sim`` grid, reuses them. ``--scheduler local`` (or a
+cluster's address) runs them as Dask tasks, with the same numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-SIM_KIND = ("crossing", "lost", "kept")
+from hiergen.experiments.phase import SIM_KIND
 
 
 def _sim_spec(items: Sequence[str]) -> list[tuple[int, int]]:
@@ -38,31 +42,13 @@ def _sim_spec(items: Sequence[str]) -> list[tuple[int, int]]:
 
 def simulate(pairs: Sequence[tuple[int, int]], s: int, depths: tuple[int, int], eps: np.ndarray,
              n_samples: int, seeds: Sequence[int], tol: float = 0.003,
-             progress: bool = True) -> dict[str, np.ndarray]:
-    """Exact-BP root curves at two depths and their crossing for every (v, m).
+             progress: bool = True, **grid: Any) -> dict[str, np.ndarray]:
+    """Exact-BP root curves at two depths and their crossing for every (v, m)
+    (:func:`hiergen.experiments.phase.simulate_phase`; ``grid``: its ``out``, ``scheduler``
+    and ``n_workers``)."""
+    from hiergen.experiments.phase import simulate_phase
 
-    The deeper curve counts as better somewhere only when it beats the shallower one by
-    more than ``tol`` (absolute probability).
-    """
-
-    from hiergen._progress import progress_bar
-    from hiergen.inference import meanfield as mf
-
-    n = len(pairs)
-    root = np.full((n, 2, eps.size), np.nan)
-    sem = np.full((n, 2, eps.size), np.nan)
-    eps_sim, kind = np.full(n, np.nan), np.zeros(n, dtype=np.int64)
-    for k, (v, m) in enumerate(progress_bar(pairs, enabled=progress, desc="BP grammars")):
-        for j, L in enumerate(depths):
-            sim = mf.bp_reconstruction(eps, v, m, s, L, n_samples=n_samples, seeds=seeds)
-            root[k, j], sem[k, j] = sim.marginal[:, 0], sim.marginal_sem[:, 0]
-        diff = root[k, 1] - root[k, 0]
-        eps_sim[k] = mf.crossing(eps, root[k, 0], root[k, 1], tol=tol)
-        if np.isfinite(eps_sim[k]):
-            kind[k] = 0
-        else:
-            kind[k] = 1 if diff.max() <= tol else 2
-    return {"root": root, "root_sem": sem, "eps_sim": eps_sim, "kind": kind}
+    return simulate_phase(pairs, s, depths, eps, n_samples, seeds, tol, progress=progress, **grid)
 
 
 def run(args: argparse.Namespace) -> Any:
@@ -79,7 +65,8 @@ def run(args: argparse.Namespace) -> Any:
     pairs = _sim_spec(args.sim)
     eps = np.linspace(args.eps_min, args.eps_max, args.n_eps)
     sim = simulate(pairs, s, tuple(args.depths), eps, args.n_samples, args.seeds, args.tol,
-                   not args.no_progress)
+                   not args.no_progress, out=args.out / "points", scheduler=args.scheduler,
+                   n_workers=args.workers)
     theory_pairs = np.array([mf.critical_eps(v, m, s) for v, m in pairs])
     f_line = np.linspace(0.005, 1.0, 200)
     large_v = np.array([mf.critical_eps_large_v(f, s) for f in f_line])
@@ -103,7 +90,9 @@ def run(args: argparse.Namespace) -> Any:
     )
     ds.attrs.update(s=s, regimes=", ".join(f"{i}={r}" for i, r in enumerate(mf.REGIMES)) + ", -1=infeasible",
                     sim_kinds=", ".join(f"{i}={k}" for i, k in enumerate(SIM_KIND)),
-                    n_samples=args.n_samples, seeds=list(args.seeds), tol=args.tol)
+                    n_samples=args.n_samples, seeds=list(args.seeds), tol=args.tol,
+                    points_computed=sim["info"]["points_computed"],
+                    points_reused=sim["info"]["points_reused"])
     return ds
 
 
@@ -167,11 +156,13 @@ def plot(ds: Any, path: Path) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options of this script."""
     from hiergen.cli import HelpFormatter
+    from hiergen.commands._options import add_scheduler_options
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("hiergen-out/phase_diagram"),
-                        help="folder for phase_diagram.png and phase_diagram.nc")
+                        help="folder for phase_diagram.png, phase_diagram.nc and the simulation points "
+                             "(points/: a rerun reuses the finished ones)")
     parser.add_argument("--s", type=int, default=2, help="RHM branching factor")
     parser.add_argument("--vmax", type=int, default=32, help="theory grid v = 4..vmax")
     parser.add_argument("--mmax", type=int, default=0,
@@ -191,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tol", type=float, default=0.003,
                         help="least advantage (probability) of the deeper root curve that counts")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_scheduler_options(parser)
     return parser
 
 
@@ -214,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{v:>4} {m:>4} {m / v ** (args.s - 1):>6.3f} {mf.regime(v, m, args.s):>19} "
               f"{float(ds.theory_eps_star[k]):>12.4f} {float(ds.sim_eps_star[k]):>8.4f}  "
               f"{SIM_KIND[int(ds.sim_kind[k])]}")
+    info = ds.attrs
+    print(f"BP points: {info['points_computed']} computed, {info['points_reused']} reused")
     print(f"wrote {png}, {nc_path}")
     return 0
 

@@ -32,3 +32,15 @@ def add_rhm_options(parser: argparse.ArgumentParser, **defaults: Any) -> None:
             parser.add_argument(flag, type=int, required=True, help=_RHM_HELP[key])
         else:
             parser.add_argument(flag, type=int, default=default, help=_RHM_HELP[key])
+
+
+def add_scheduler_options(p: argparse.ArgumentParser) -> None:
+    """``--scheduler`` and ``--workers`` (points as Dask tasks; see docs/scale_out.md)."""
+    p.add_argument(
+        "--scheduler", default=None,
+        help="run the points as Dask tasks: 'local' (a cluster of worker processes on this "
+             "machine), a scheduler address tcp://host:8786, or a scheduler file *.json "
+             "(default: serial, in this process)",
+    )
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes of --scheduler local (default: one per core)")

@@ -28,7 +28,7 @@ QUICK = {
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from hiergen.commands.forward_backward import add_scheduler_options
+    from hiergen.commands._options import add_scheduler_options
 
     p = sub.add_parser(
         "demo",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hiergen.commands._options import add_rhm_options
+from hiergen.commands._options import add_rhm_options, add_scheduler_options
 
 #: the array backends of belief propagation (see hiergen.inference.backends.BACKENDS)
 BP_BACKENDS = ("numpy", "torch", "jax")
@@ -38,18 +38,6 @@ def parse_times(text: str) -> list[float]:
         raise ConfigError(
             f"--times must be start:stop:count or a comma list of numbers, got {text!r}"
         ) from exc
-
-
-def add_scheduler_options(p: argparse.ArgumentParser) -> None:
-    """``--scheduler`` and ``--workers`` (points as Dask tasks; see docs/scale_out.md)."""
-    p.add_argument(
-        "--scheduler", default=None,
-        help="run the points as Dask tasks: 'local' (a cluster of worker processes on this "
-             "machine), a scheduler address tcp://host:8786, or a scheduler file *.json "
-             "(default: serial, in this process)",
-    )
-    p.add_argument("--workers", type=int, default=None,
-                   help="worker processes of --scheduler local (default: one per core)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

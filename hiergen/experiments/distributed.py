@@ -79,15 +79,17 @@ _STORES: dict[str, Any] = {}
 _RUNNERS: OrderedDict[tuple, Any] = OrderedDict()
 
 
-def _worker_store(spec: PointSpec) -> Any:
-    if spec.store_root is None:
+def _open_store(root: str | None, config: dict[str, Any] | None, token: str) -> Any:
+    """This worker's :class:`~hiergen.experiments.store.PointStore` of run ``token`` (opened,
+    and its config checked, once per worker); ``None`` without a store."""
+    if root is None:
         return None
     with _CACHE_LOCK:
-        if spec.token not in _STORES:
+        if token not in _STORES:
             from hiergen.experiments.store import PointStore
 
-            _STORES[spec.token] = PointStore(spec.store_root, spec.store_config or {})
-        return _STORES[spec.token]
+            _STORES[token] = PointStore(root, config or {})
+        return _STORES[token]
 
 
 def _worker_runner(spec: PointSpec, L: int, seed: int) -> Any:
@@ -95,7 +97,7 @@ def _worker_runner(spec: PointSpec, L: int, seed: int) -> Any:
     from hiergen.experiments.sweeps import _Runner
 
     key = (spec.token, L, seed, threading.get_ident())
-    store = _worker_store(spec)
+    store = _open_store(spec.store_root, spec.store_config, spec.token)
     with _CACHE_LOCK:
         run = _RUNNERS.pop(key, None)
         if run is None:
@@ -242,6 +244,42 @@ def run_points(
                 on_done(task)
         finally:
             client.cancel(futures + [spec_future])
+
+
+# ---------------------------------------------------------------------------- generic grids
+def grid_task(compute: Callable[..., xr.Dataset], point: Any, store_root: str | None,
+              store_config: dict[str, Any] | None, token: str) -> tuple[str, xr.Dataset, bool]:
+    """Dask task of :func:`hiergen.experiments.grid.run_grid`: compute ``point`` (a
+    ``GridPoint``), or load it when another process finished it; with a store, under the
+    point's claim and saved atomically before returning. Returns ``(key, dataset, computed)``."""
+    from hiergen.experiments.grid import claim_and_compute, compute_point
+
+    if store_root is None:
+        return point.key, compute_point(compute, point, None), True
+    store = _open_store(store_root, store_config, token)
+    ds, computed = claim_and_compute(compute, point, store, wait=True)
+    return point.key, ds, computed
+
+
+def run_grid_tasks(compute: Callable[..., xr.Dataset], todo: list[Any], store: Any,
+                   scheduler: Any, *, n_workers: int | None) -> Iterator[tuple[str, xr.Dataset, bool]]:
+    """Submit one :func:`grid_task` per point of ``todo``; yields ``(key, dataset, computed)``
+    as they finish (completion order). Unfinished tasks are cancelled when the caller stops."""
+    distributed = _import_distributed()
+    token = uuid.uuid4().hex
+    root = None if store is None else str(store.root)
+    config = None if store is None else dict(store.config)
+    with dask_client(scheduler, n_workers) as client:
+        futures = [
+            client.submit(grid_task, compute, point, root, config, token, pure=False,
+                          key=f"hiergen-grid-{token[:12]}-{point.key}")
+            for point in todo
+        ]
+        try:
+            for fut in distributed.as_completed(futures):
+                yield fut.result()
+        finally:
+            client.cancel(futures)
 
 
 def _record(run: Any, task: Any, ds: xr.Dataset, computed: bool) -> None:
