@@ -184,3 +184,69 @@ def test_python_m_hiergen_with_a_local_cluster(serial, tmp_path):
     assert "points computed: 16" in proc.stdout
     with xr.open_dataset(tmp_path / RESULT_FILE, engine="h5netcdf") as f:
         assert_same_numbers(serial, f.load())
+
+
+# ---------------------------------------------------------------------------- generic grids
+PHASE = {"pairs": [(8, 3), (8, 6), (8, 4)], "s": 2, "depths": [2, 4],
+         "eps": np.linspace(0.1, 0.9, 6), "n_samples": 150, "seeds": [0, 1], "progress": False}
+
+
+def _same_phase(a, b):
+    for key in ("root", "root_sem", "eps_sim", "kind"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_phase_grid_on_two_workers_matches_serial(client, tmp_path):
+    from hiergen.experiments.phase import simulate_phase
+
+    serial = simulate_phase(**PHASE)
+    ds = simulate_phase(**PHASE, out=tmp_path, scheduler=client)
+    _same_phase(serial, ds)
+    assert ds["info"]["points_computed"] == 12
+    assert len(list(PointStore(tmp_path, _config(tmp_path)).keys())) == 12
+    again = simulate_phase(**PHASE, out=tmp_path, scheduler=client)
+    assert again["info"] == {"points_computed": 0, "points_reused": 12, "seconds_computed": 0.0}
+    _same_phase(serial, again)
+
+
+def test_phase_grid_survives_a_killed_worker(client, tmp_path):
+    from hiergen.experiments.phase import simulate_phase
+
+    kw = {**PHASE, "pairs": [(8, 3), (8, 4), (16, 4)], "depths": [3, 5], "n_samples": 300}
+    reference = simulate_phase(**kw)
+    pids_before = client.run(os.getpid)
+    killed = {}
+
+    def killer():
+        points = tmp_path / "points"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = len(list(points.glob("*.nc"))) if points.is_dir() else 0
+            if done >= 2:
+                killed["done_at_kill"] = done
+                killed["pid"] = next(iter(pids_before.values()))
+                os.kill(killed["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    th = threading.Thread(target=killer)
+    th.start()
+    ds = simulate_phase(**kw, out=tmp_path, scheduler=client)
+    th.join()
+    assert killed and killed["done_at_kill"] < 12, "the worker was not killed mid-way"
+    _same_phase(reference, ds)
+    assert ds["info"]["points_computed"] + ds["info"]["points_reused"] == 12
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_phase_example_with_local_cluster(tmp_path, capsys):
+    from conftest import load_example
+
+    ex = load_example("phase_diagram")
+    argv = ["--out", str(tmp_path), "--vmax", "10", "--sim", "8:3,6", "--depths", "2", "4",
+            "--n-eps", "8", "--n-samples", "60", "--seeds", "0", "--no-progress",
+            "--scheduler", "local", "--workers", "2"]
+    assert ex.main(argv) == 0
+    assert "BP points: 4 computed, 0 reused" in capsys.readouterr().out
+    assert ex.main(argv[:-4]) == 0  # serial rerun: everything reused
+    assert "BP points: 0 computed, 4 reused" in capsys.readouterr().out

@@ -1,7 +1,10 @@
-"""Forward-backward sweep points as tasks on a Dask cluster (``dask.distributed``).
+"""Sweep points as tasks on a Dask cluster (``dask.distributed``).
 
 :func:`hiergen.experiments.sweeps.sweep_forward_backward` (and :func:`forward_backward`) take
-``scheduler=``; this module runs their points there instead of in the serial in-process loop.
+``scheduler=``; this module runs their points there instead of in the serial in-process loop
+(:func:`run_points`, the design below). The other sweeps (phase diagram, backend comparisons,
+CNN-probe grid) are generic grids of :mod:`hiergen.experiments.grid`, whose points run here as
+:func:`grid_task` tasks (:func:`run_grid_tasks`) with the same store rules.
 
 Design
 ------
