@@ -32,12 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "demo",
-        help="forward-backward diffusion on the RHM: see the class phase transition (CPU, under a minute)",
+        help="forward-backward diffusion on the RHM: see the class phase transition (CPU, about 80 s on 2 cores)",
         description=(
             "Noise RHM data with Gaussian diffusion to time t, resample them from the exact "
             "posterior with belief propagation, and measure which levels of the hidden tree "
             "changed. Default: RHM v=32, 32 classes, m=8, s=2, depths 2,4,6,8,10, 51 times in "
-            "[0, 250], 1000 samples per point (under a minute on 2 CPU cores). --quick: RHM "
+            "[0, 250], 1000 samples per point (about 80 s on 2 CPU cores). --quick: RHM "
             "v=16, m=4, depths 2,4, 11 times, 200 samples (seconds). Writes PNG figures and "
             "NetCDF data to --out and prints a summary. Rerunning resumes an interrupted run."
         ),
