@@ -14,7 +14,7 @@ those whose deeper curve is better at every eps. Panel (b): eps* against f = m /
 (finite-v theory, v -> inf limit, simulations). Writes ``phase_diagram.png`` and
 ``phase_diagram.nc``.
 
-The simulation points (one per v, m, depth and RHM seed) are saved under ``OUT/points`` as
+The simulation points (one per v, m, depth and RHM seed) are saved under ``OUT/simulation`` as
 they finish: a rerun, or a larger ``--sim`` grid, reuses them. ``--scheduler local`` (or a
 cluster's address) runs them as Dask tasks, with the same numbers.
 """
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> Any:
     pairs = _sim_spec(args.sim)
     eps = np.linspace(args.eps_min, args.eps_max, args.n_eps)
     sim = simulate(pairs, s, tuple(args.depths), eps, args.n_samples, args.seeds, args.tol,
-                   not args.no_progress, out=args.out / "points", scheduler=args.scheduler,
+                   not args.no_progress, out=args.out / "simulation", scheduler=args.scheduler,
                    n_workers=args.workers)
     theory_pairs = np.array([mf.critical_eps(v, m, s) for v, m in pairs])
     f_line = np.linspace(0.005, 1.0, 200)
@@ -162,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("hiergen-out/phase_diagram"),
                         help="folder for phase_diagram.png, phase_diagram.nc and the simulation points "
-                             "(points/: a rerun reuses the finished ones)")
+                             "(simulation/: a rerun reuses the finished points)")
     parser.add_argument("--s", type=int, default=2, help="RHM branching factor")
     parser.add_argument("--vmax", type=int, default=32, help="theory grid v = 4..vmax")
     parser.add_argument("--mmax", type=int, default=0,
