@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from hiergen.experiments.cnn_probe import TreeCNN as TreeCNN
     from hiergen.experiments.cnn_probe import cnn_probe as cnn_probe
     from hiergen.experiments.cnn_probe import train_cnn as train_cnn
+    from hiergen.experiments.compare_sweep import sweep_compare as sweep_compare
     from hiergen.experiments.plots import save_figures as save_figures
     from hiergen.experiments.store import PointStore as PointStore
     from hiergen.experiments.sweeps import default_times as default_times
@@ -43,5 +44,6 @@ __getattr__, __dir__, __all__ = attach(
         "store": ["PointStore"],
         "plots": ["save_figures"],
         "cnn_probe": ["TreeCNN", "train_cnn", "cnn_probe"],
+        "compare_sweep": ["sweep_compare"],
     },
 )
