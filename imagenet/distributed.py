@@ -5,7 +5,10 @@ by ``accelerate launch`` (or ``torchrun``).
 :func:`~hiergen.imagenet.probe.run_probe` use to split their work, gather what needs gathering
 and let the main process write the single results:
 
-* under ``accelerate launch`` (``WORLD_SIZE`` > 1): accelerate's ``PartialState`` -
+* under ``accelerate launch`` (``WORLD_SIZE`` > 1 from its torchrun launcher, ``--multi_gpu``;
+  or ``PMI_SIZE`` / ``OMPI_COMM_WORLD_SIZE`` / ``MV2_COMM_WORLD_SIZE`` > 1 from mpirun, which is
+  how ``accelerate launch --cpu --num_processes N --mpirun_hostfile FILE`` starts CPU
+  processes): accelerate's ``PartialState`` -
   :meth:`Processes.split` is ``split_between_processes`` (contiguous blocks of batches),
   :meth:`Processes.gather` is ``accelerate.utils.gather_object`` (every process receives the
   list), :meth:`Processes.barrier` is ``wait_for_everyone``;
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,6 +34,12 @@ from hiergen.models.errors import ConfigError
 
 #: ``accelerate launch --mixed_precision`` values and the autocast dtype names they mean
 MIXED_PRECISION = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+#: environment variables holding the number of processes of a launch, in accelerate's order
+#: (``accelerate.utils.environment.get_cpu_distributed_information``): torchrun's, then those of
+#: mpirun (MPICH / Intel MPI, Open MPI, MVAPICH). ``accelerate launch --cpu`` starts several
+#: processes only through mpirun, which sets the MPI ones and not ``WORLD_SIZE``.
+WORLD_SIZE_VARS = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 class Processes:
@@ -89,23 +99,61 @@ class Processes:
 def launched_processes(shard_index: int | None = None, num_shards: int | None = None,
                        cpu: bool = False) -> Processes:
     """The :class:`Processes` of this command: explicit ``shard_index``/``num_shards``
-    (independent shards), else the group of ``accelerate launch`` / ``torchrun`` when
-    ``WORLD_SIZE`` > 1 (accelerate's ``PartialState``, gloo on ``cpu``), else one process."""
+    (independent shards), else the group of ``accelerate launch`` / ``torchrun`` / mpirun when
+    one of :data:`WORLD_SIZE_VARS` is > 1 (accelerate's ``PartialState``, gloo on ``cpu``),
+    else one process. A launcher's count that accelerate cannot form into a group (mpirun
+    with a GPU device, ...) is a :class:`ConfigError`."""
     if shard_index is not None or num_shards is not None:
         n = 1 if num_shards is None else num_shards
         return Processes(0 if shard_index is None else shard_index, n)
-    world = _env_int("WORLD_SIZE", 1)
+    var, world = launched_world_size()
     if world <= 1:
+        _warn_lone_cpu_launch()
         return Processes()
+    if var != "WORLD_SIZE" and not cpu:
+        raise ConfigError(
+            f"{var}={world}: processes started by mpirun (accelerate launch --cpu "
+            "--mpirun_hostfile) form a CPU group; use --device cpu, or accelerate launch "
+            "--multi_gpu (torchrun) for GPUs")
     try:
         from accelerate import PartialState
     except ImportError as exc:
         raise ConfigError(
-            f"WORLD_SIZE={world}: a multi-process launch needs accelerate (pip install "
+            f"{var}={world}: a multi-process launch needs accelerate (pip install "
             "'hiergen[dist]'); or run independent processes with --shard-index/--num-shards"
         ) from exc
     state = PartialState(cpu=cpu)
+    if state.num_processes != world:
+        raise ConfigError(
+            f"{var}={world}, but accelerate formed a group of {state.num_processes} "
+            f"process(es) ({state.distributed_type}); start the processes with accelerate "
+            "launch (or torchrun), or run independent ones with --shard-index/--num-shards")
     return Processes(state.process_index, state.num_processes, state)
+
+
+def launched_world_size() -> tuple[str, int]:
+    """``(variable, processes)`` of the launcher that started this process: the first of
+    :data:`WORLD_SIZE_VARS` that is set, else ``("WORLD_SIZE", 1)``."""
+    for name in WORLD_SIZE_VARS:
+        if name in os.environ:
+            return name, _env_int(name, 1)
+    return "WORLD_SIZE", 1
+
+
+def _warn_lone_cpu_launch() -> None:
+    """Warn when ``accelerate launch --cpu --num_processes N`` (N > 1) started one process.
+
+    Without ``--mpirun_hostfile``, accelerate's simple launcher (accelerate 1.x
+    ``utils/launch.py: prepare_simple_launcher_cmd_env``) runs the command once, with
+    ``ACCELERATE_USE_CPU`` and - as it does only for several processes or machines -
+    ``MASTER_ADDR``, but no process count: the run is correct, on one process."""
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    if use_cpu and "MASTER_ADDR" in os.environ:
+        warnings.warn(
+            "accelerate launch --cpu started a single process: for several CPU processes it "
+            "needs mpirun, i.e. --mpirun_hostfile FILE (a line 'localhost:N'; mpirun from "
+            "'pip install mpich'), or use accelerate launch --multi_gpu / torchrun with "
+            "--device cpu; running on one process", RuntimeWarning, stacklevel=3)
 
 
 def mixed_precision_dtype(dtype: str | None) -> str:

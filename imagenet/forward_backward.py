@@ -116,7 +116,8 @@ class RespacedDDPM:
     scheduler : its ``DDPMScheduler`` (supplies ``alphas_cumprod``, the variance type, the
         prediction type and clipping).
     n_steps : N, the number of respaced steps (250 in the paper).
-    dtype : autocast dtype on CUDA (``torch.float16`` / ``torch.bfloat16``); None = float32.
+    dtype : autocast dtype of the UNet (``torch.float16`` / ``torch.bfloat16``, on CUDA and
+        CPU; see :func:`check_autocast`); None = float32.
     compile : wrap the UNet in ``torch.compile`` (CUDA path; untested on CPU here).
     """
 
@@ -146,6 +147,7 @@ class RespacedDDPM:
         self.image_size = int(unet.config.sample_size if isinstance(unet.config.sample_size, int)
                               else unet.config.sample_size[0])
         self.device = next(unet.parameters()).device
+        check_autocast(self.device.type, dtype)
         self.dtype = dtype
         self._net = torch.compile(unet) if compile else unet
         sch = self.schedule
@@ -178,7 +180,7 @@ class RespacedDDPM:
 
         t = torch.full((x.shape[0],), int(self.schedule.timesteps[i]), device=x.device,
                        dtype=torch.long)
-        use_amp = self.dtype is not None and x.device.type == "cuda"
+        use_amp = self.dtype is not None
         with torch.no_grad(), torch.autocast(x.device.type, dtype=self.dtype, enabled=use_amp):
             out = self._net(x, t).sample
         out = out.float()
@@ -254,6 +256,36 @@ class RespacedDDPM:
             noise = draw() if i > 0 else None
             x, _ = self.step(x, i, out, var_out, noise)
         return x.float()
+
+
+def check_autocast(device_type: str, dtype) -> None:
+    """Raise :class:`ConfigError` unless this torch autocasts on ``device_type`` to ``dtype``
+    (a torch dtype; None = no autocast). torch turns an unsupported autocast off with only a
+    warning (float16 on CPU in older torch, float64 anywhere, ...), which would record a dtype
+    in the run folder that the images were not computed in."""
+    import warnings
+
+    import torch
+
+    if dtype is None:
+        return
+    name = str(dtype).replace("torch.", "")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with torch.autocast(device_type, dtype=dtype):
+                pass
+    except RuntimeError as exc:  # a device type without autocast
+        problem = str(exc)
+    else:
+        problems = [str(w.message) for w in caught if "autocast" in str(w.message).lower()]
+        if not problems:
+            return
+        problem = problems[0]
+    raise ConfigError(
+        f"autocast to {name} on {device_type} is not supported by torch {torch.__version__} "
+        f"({problem.splitlines()[0] if problem else 'refused'}); use --dtype float32 (or "
+        "accelerate launch --mixed_precision no), another dtype or another device")
 
 
 def fb_image_path(out_dir: str | os.PathLike, k: int, record: ImageRecord) -> Path:

@@ -64,8 +64,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     fb.add_argument("--n-k", type=int, default=11, help="number of reversal steps k evenly spread in 0..N (0 and N included)")
     fb.add_argument("--seed", type=int, default=0, help="seed of the forward noise and of the sampler")
     fb.add_argument("--dtype", default=None, choices=DTYPES,
-                    help="autocast dtype of the UNet (CUDA); default: accelerate launch's "
-                         "--mixed_precision, else float32")
+                    help="autocast dtype of the UNet (CUDA or CPU); default: accelerate "
+                         "launch's --mixed_precision (no, fp16, bf16), else float32")
     fb.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA; slow first batch)")
     _add_device(fb)
     fb.set_defaults(func=run_forward_backward)
