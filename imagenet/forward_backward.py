@@ -295,7 +295,7 @@ def fb_image_path(out_dir: str | os.PathLike, k: int, record: ImageRecord) -> Pa
 
 #: settings of ``fb/meta.json`` that change the generated pixels: a run folder holds one value each
 FB_SETTINGS = ("n_steps", "seed", "image_size", "channels", "timesteps", "variance_type",
-               "prediction_type", "ddpm_fingerprint", "dtype", "device_kind")
+               "prediction_type", "ddpm_fingerprint", "dtype", "device_kind", "autocast_off_cuda")
 
 
 def _merge_meta(out_dir: Path, meta: dict, records: Sequence[ImageRecord]
@@ -338,7 +338,11 @@ def ddpm_settings(sampler: RespacedDDPM) -> dict:
             "timesteps": [int(t) for t in sampler.schedule.timesteps],
             "variance_type": sampler.variance_type, "prediction_type": sampler.prediction_type,
             "ddpm_fingerprint": sampler.fingerprint, "dtype": sampler.dtype_name,
-            "device_kind": sampler.device.type}
+            "device_kind": sampler.device.type,
+            # earlier hiergen autocast on CUDA only: its CPU folders with dtype bfloat16/float16
+            # hold float32 images and lack this key, so they are refused instead of mixed
+            "autocast_off_cuda": (True if sampler.device.type != "cuda"
+                                  and sampler.dtype_name != "float32" else None)}
 
 
 def chunks(records: Sequence, size: int) -> list[tuple[int, list]]:

@@ -106,6 +106,7 @@ def test_forward_backward_refuses_other_weights_dtype_device_and_start_files(tmp
     with pytest.raises(ConfigError, match=r'dtype: stored "float32", now "float16"'):
         run_forward_backward(RespacedDDPM(unet, sch, 5, dtype=torch.float16), recs, [3], run,
                              progress=False)
+    assert meta["autocast_off_cuda"] is None  # float32: no autocast anywhere
     moved = RespacedDDPM(unet, sch, 5)
     moved.device = torch.device("cuda")  # what a CUDA run records; refused before any compute
     with pytest.raises(ConfigError, match=r'device_kind: stored "cpu", now "cuda"'):
@@ -121,6 +122,23 @@ def test_forward_backward_refuses_other_weights_dtype_device_and_start_files(tmp
     for bad in (0, -4):
         with pytest.raises(ConfigError, match=f"batch size must be >= 1, got {bad}"):
             run_forward_backward(s, recs, [3], run, batch_size=bad, progress=False)
+
+
+def test_cpu_bfloat16_folder_of_an_autocast_less_release_is_refused(tmp_path):
+    """Before CPU autocast, a CPU run with dtype bfloat16 recorded bfloat16 but computed float32
+    images; its meta.json lacks ``autocast_off_cuda`` and must not be resumed."""
+    recs = _images(tmp_path / "imgs")
+    unet, sch = _tiny_unet(0)
+    bf16 = RespacedDDPM(unet, sch, 5, dtype=torch.bfloat16)
+    run = tmp_path / "run"
+    run_forward_backward(bf16, recs, [3], run, batch_size=4, progress=False)
+    meta_path = run / "fb" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["dtype"] == "bfloat16" and meta["autocast_off_cuda"] is True
+    del meta["autocast_off_cuda"]  # what the earlier release wrote
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=r"autocast_off_cuda: stored null, now true"):
+        run_forward_backward(bf16, recs, [3], run, progress=False)
 
 
 def _shuffled_head(src: Path, dst: Path, a: int, b: int) -> None:
