@@ -88,28 +88,33 @@ def test_rerun_resumes_and_extends(client, serial, tmp_path):
     assert_same_numbers(serial, again)
 
 
+def kill_a_worker_after(client, points, n_done: int) -> tuple[threading.Thread, dict]:
+    """A started thread that SIGKILLs one worker of ``client`` once ``n_done`` point files are
+    in ``points``; its dict gets ``pid`` and ``done_at_kill``."""
+    pids_before = client.run(os.getpid)
+    killed: dict = {}
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = len(list(points.glob("*.nc"))) if points.is_dir() else 0
+            if done >= n_done:
+                killed["done_at_kill"] = done
+                killed["pid"] = next(iter(pids_before.values()))
+                os.kill(killed["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.02)
+
+    th = threading.Thread(target=killer)
+    th.start()
+    return th, killed
+
+
 def test_killed_worker_still_gives_serial_numbers(client, tmp_path):
     kw = {"depths": [4, 5], "seeds": [1], "times": np.linspace(0.0, 300.0, 10),
           "n_samples": 400, "progress": False}
     reference = sweep_forward_backward(RHM, **kw)
-    pids_before = client.run(os.getpid)
-    killed = {}
-
-    def killer():
-        points = tmp_path / "points"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            done = len(list(points.glob("*.nc"))) if points.is_dir() else 0
-            if done >= 2:
-                killed["done_at_kill"] = done
-                pid = next(iter(pids_before.values()))
-                os.kill(pid, signal.SIGKILL)
-                killed["pid"] = pid
-                return
-            time.sleep(0.05)
-
-    th = threading.Thread(target=killer)
-    th.start()
+    th, killed = kill_a_worker_after(client, tmp_path / "points", 2)
     ds = sweep_forward_backward(RHM, **kw, out=tmp_path, scheduler=client)
     th.join()
     assert killed and killed["done_at_kill"] < 20, "the worker was not killed mid-way"
@@ -214,23 +219,7 @@ def test_phase_grid_survives_a_killed_worker(client, tmp_path):
 
     kw = {**PHASE, "pairs": [(8, 3), (8, 4), (16, 4)], "depths": [3, 5], "n_samples": 300}
     reference = simulate_phase(**kw)
-    pids_before = client.run(os.getpid)
-    killed = {}
-
-    def killer():
-        points = tmp_path / "points"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            done = len(list(points.glob("*.nc"))) if points.is_dir() else 0
-            if done >= 2:
-                killed["done_at_kill"] = done
-                killed["pid"] = next(iter(pids_before.values()))
-                os.kill(killed["pid"], signal.SIGKILL)
-                return
-            time.sleep(0.02)
-
-    th = threading.Thread(target=killer)
-    th.start()
+    th, killed = kill_a_worker_after(client, tmp_path / "points", 2)
     ds = simulate_phase(**kw, out=tmp_path, scheduler=client)
     th.join()
     assert killed and killed["done_at_kill"] < 12, "the worker was not killed mid-way"
