@@ -1,6 +1,6 @@
 """CNN probe of forward-backward resampling on the RHM (the paper's Fig. 7b).
 
-    python examples/cnn_probe_rhm.py                 # CPU default, ~2-3 min on 2 cores
+    python examples/cnn_probe_rhm.py                 # CPU default, ~40 s on 2 cores
     python examples/cnn_probe_rhm.py --gpu-preset --device cuda
 
 Trains a CNN matching the tree (L convolutions, filter size = stride = s, ReLU, linear
