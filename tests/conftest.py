@@ -138,3 +138,16 @@ def save_test_classifier(folder, spec, seed: int = 0):
         "model": spec, "input_size": 8, "in_chans": 1, "mean": [0.5], "std": [0.5],
         "num_classes": 3}))
     return model
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A Dask ``LocalCluster`` of two single-threaded worker processes, shared by every test
+    that runs sweep points as Dask tasks (started once per session; a test that kills a worker
+    waits for its nanny to restart it)."""
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as c:
+        c.wait_for_workers(2)
+        yield c

@@ -162,14 +162,9 @@ def test_bad_settings(change, match, tmp_path):
 
 
 # ---------------------------------------------------------------------------- Dask
-@pytest.fixture(scope="module")
-def client():
-    distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
-        c.wait_for_workers(2)
-        yield c
+@pytest.fixture
+def client(dask_client):
+    return dask_client
 
 
 def test_two_worker_processes_match_serial(client, serial, tmp_path):

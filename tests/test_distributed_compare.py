@@ -21,13 +21,9 @@ GRID = {"eps_values": [0.2, 0.6], "seeds": [0, 1], "backends": ["bp", "pgmpy", "
 OPTIONS = {"meanfield-vi": {"max_iter": 50}}
 
 
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
-        c.wait_for_workers(2)
-        yield c
+@pytest.fixture
+def client(dask_client):
+    return dask_client
 
 
 @pytest.fixture(scope="module")

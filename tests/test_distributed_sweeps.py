@@ -23,13 +23,9 @@ SMALL = {"depths": [2, 3], "seeds": [0, 5], "times": np.linspace(0.0, 400.0, 4),
          "n_samples": 300, "progress": False}
 
 
-@pytest.fixture(scope="module")
-def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
-        c.wait_for_workers(2)
-        yield c
+@pytest.fixture
+def client(dask_client):
+    return dask_client
 
 
 @pytest.fixture(scope="module")
