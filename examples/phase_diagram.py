@@ -1,7 +1,7 @@
 """Phase diagram of class recovery (the paper's Fig. 6): mean-field theory over (v, m)
 overlaid with exact-BP simulations.
 
-    python examples/phase_diagram.py                 # about 1-2 min on 2 CPU cores
+    python examples/phase_diagram.py                 # about 15 s on 2 CPU cores
     python examples/phase_diagram.py --vmax 64 --sim 8:2,3,4,5,6,7 16:2,4,6,8,10,12 32:4,8,16
 
 Theory (s = 2 by default, v = 4..vmax, every feasible m): the regime of the class as the
