@@ -77,9 +77,18 @@ def probe_settings(clf: Classifier, layers: Sequence[str], run: ProbeRun, batch_
 
     return {**clf.settings(), "hooks": list(layers), "whitening_eps": float(eps),
             "chunk_size": int(batch_size), "device_kind": torch.device(device).type,
-            "fb_settings": json_fingerprint({k: run.meta.get(k) for k in FB_SETTINGS}),
+            "fb_settings": json_fingerprint(_fb_settings(run.meta)),
             "images": json_fingerprint([r.id for r in run.records]),
             "n_images": len(run.records)}
+
+
+def _fb_settings(meta: dict) -> dict:
+    """The forward-backward settings a probe depends on. ``autocast_off_cuda`` is left out when
+    unset, so probes of runs made before it existed keep their settings fingerprint."""
+    settings = {k: meta.get(k) for k in FB_SETTINGS}
+    if settings.get("autocast_off_cuda") is None:
+        del settings["autocast_off_cuda"]
+    return settings
 
 
 def _load_whitening(wpath: Path, layers, eps) -> Whitening:

@@ -329,3 +329,18 @@ def test_two_processes_on_one_run_folder(tmp_path):
     loser = errs[codes.index(2)]
     assert loser.startswith("hiergen: error: ") and "classifier_weights: stored" in loser
     assert "Traceback" not in loser
+
+
+def test_probe_fingerprint_of_runs_without_autocast_key_is_unchanged():
+    """A float32 run's probe keeps the settings fingerprint of the release before
+    ``autocast_off_cuda`` existed (its probes are not refused after an upgrade); a CPU
+    bfloat16 run's differs."""
+    from hiergen.imagenet.probe import _fb_settings
+    from hiergen.imagenet.settings import json_fingerprint
+
+    before = ("n_steps", "seed", "image_size", "channels", "timesteps", "variance_type",
+              "prediction_type", "ddpm_fingerprint", "dtype", "device_kind")
+    meta = {k: f"value of {k}" for k in before}
+    assert json_fingerprint(_fb_settings(meta)) == json_fingerprint(meta)
+    assert json_fingerprint(_fb_settings({**meta, "autocast_off_cuda": None})) == json_fingerprint(meta)
+    assert json_fingerprint(_fb_settings({**meta, "autocast_off_cuda": True})) != json_fingerprint(meta)
