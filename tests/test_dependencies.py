@@ -27,6 +27,8 @@ USED_WITHOUT_IMPORT = {
     # guided_diffusion's dist_util / image_datasets import it (the reference code of
     # tests/test_imagenet_guided.py); guided-diffusion-sdk itself requires it as well
     "blobfile": "used by guided_diffusion (test-only reference code)",
+    # a program, not a module: the mpirun of `accelerate launch --cpu --num_processes N`
+    "mpich": "mpirun for tests/test_imagenet_distributed.py",
 }
 
 
