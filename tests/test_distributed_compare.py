@@ -35,6 +35,7 @@ def same_but_seconds(a, b):
     pd.testing.assert_frame_equal(a.drop(columns=["seconds"]), b.drop(columns=["seconds"]))
 
 
+@pytest.mark.slow
 def test_two_worker_processes_match_serial_and_resume(client, serial, tmp_path):
     assert len(client.scheduler_info()["workers"]) == 2
     df = sweep_compare(GRAMMAR, **GRID, n=4, options=OPTIONS, progress=False, out=tmp_path,

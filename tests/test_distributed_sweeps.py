@@ -224,6 +224,7 @@ def test_phase_grid_survives_a_killed_worker(client, tmp_path):
     client.wait_for_workers(2, timeout=60)
 
 
+@pytest.mark.slow
 def test_phase_example_with_local_cluster(tmp_path, capsys):
     from conftest import load_example
 
