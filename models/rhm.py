@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from hiergen.models.errors import GrammarError, SizeLimitError
+from hiergen.models._validate import check_int
+from hiergen.models.errors import GrammarError, HiergenError, SizeLimitError
 from hiergen.models.grammar import (
     MAX_EXACT_DIGITS,
     MAX_RULE_ENTRIES,
@@ -75,6 +77,33 @@ def check_rhm_feasible(v: int, n_classes: int, m: int, s: int) -> None:
                 f"but only v**s = {v}**{s} = {v**s} distinct tuples exist "
                 f"(m = {m} is too large: need m <= {v**s // n_parent})"
             )
+
+
+#: the RHM parameters of a sweep's ``rhm_params`` and the least value of each
+RHM_PARAM_MINIMA = {"v": 2, "n_classes": 1, "m": 1, "s": 2, "L": 1}
+
+
+def check_rhm_params(params: Any, keys: tuple[str, ...] = tuple(RHM_PARAM_MINIMA),
+                     label: str = "RHM", error: type[HiergenError] = GrammarError
+                     ) -> dict[str, int]:
+    """``params`` (a mapping with exactly ``keys``, a subset of ``v, n_classes, m, s, L``) as
+    ints; ``error`` naming a missing, unknown or bad parameter, a :class:`GrammarError` for an
+    infeasible grammar and a :class:`SizeLimitError` for one too large (when ``L`` is among
+    ``keys``). ``label`` starts the messages (``"RHM m must be >= 1"``)."""
+    if not isinstance(params, Mapping):
+        raise error(f"{label} parameters must be a mapping with the keys {list(keys)}, "
+                           f"got {type(params).__name__}")
+    missing = [k for k in keys if k not in params]
+    unknown = sorted(set(params) - set(keys))
+    if missing or unknown:
+        raise error(f"{label} parameters need exactly the keys {list(keys)}; "
+                           f"missing {missing}, unknown {unknown}")
+    p = {k: check_int(params[k], f"{label} {k}", RHM_PARAM_MINIMA[k], error=error)
+         for k in keys}
+    check_rhm_feasible(p["v"], p["n_classes"], p["m"], p["s"])
+    if "L" in p:
+        check_rhm_size(p["v"], p["n_classes"], p["m"], p["s"], p["L"])
+    return p
 
 
 def check_rhm_size(v: int, n_classes: int, m: int, s: int, L: int) -> None:

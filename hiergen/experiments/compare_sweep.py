@@ -34,7 +34,7 @@ from typing import Any
 import xarray as xr
 
 from hiergen.models._validate import check_int
-from hiergen.models.errors import BackendError, ConfigError, GrammarError
+from hiergen.models.errors import BackendError, ConfigError
 
 #: the point dataset's attribute holding the comparison row (JSON, NaN allowed)
 ROW_ATTR = "comparison_row"
@@ -90,23 +90,10 @@ def point_row(ds: xr.Dataset) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- validation
 def check_rhm_params(rhm_params: Mapping[str, Any]) -> dict[str, int]:
-    """``{v, n_classes, m, s, L}`` as ints; a :class:`GrammarError` naming a missing, unknown
-    or bad parameter, an infeasible grammar or one too large to build."""
-    from hiergen.models.rhm import check_rhm_feasible, check_rhm_size
+    """``{v, n_classes, m, s, L}`` as ints (:func:`hiergen.models.rhm.check_rhm_params`)."""
+    from hiergen.models.rhm import check_rhm_params as check
 
-    if not isinstance(rhm_params, Mapping):
-        raise GrammarError(f"rhm_params must be a mapping of {', '.join(RHM_KEYS)}, "
-                           f"got {type(rhm_params).__name__}")
-    missing = [k for k in RHM_KEYS if k not in rhm_params]
-    unknown = sorted(set(rhm_params) - set(RHM_KEYS))
-    if missing or unknown:
-        raise GrammarError(f"rhm_params needs exactly {', '.join(RHM_KEYS)}; "
-                           f"missing {missing}, unknown {unknown}")
-    mins = {"v": 2, "n_classes": 1, "m": 1, "s": 2, "L": 1}
-    p = {k: check_int(rhm_params[k], f"RHM {k}", mins[k], error=GrammarError) for k in RHM_KEYS}
-    check_rhm_feasible(p["v"], p["n_classes"], p["m"], p["s"])
-    check_rhm_size(p["v"], p["n_classes"], p["m"], p["s"], p["L"])
-    return p
+    return check(rhm_params, RHM_KEYS)
 
 
 def _as_list(values: Any, name: str) -> list[Any]:

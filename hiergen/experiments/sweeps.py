@@ -599,17 +599,12 @@ _RHM_KEYS = {"v", "n_classes", "m", "s"}
 
 
 def _check_rhm_params(rhm_params: Mapping[str, Any]) -> dict[str, int]:
-    if not isinstance(rhm_params, Mapping):
-        raise ConfigError(f"rhm_params must be a dict with keys {sorted(_RHM_KEYS)}, got {rhm_params!r}")
-    extra = set(rhm_params) - _RHM_KEYS
-    if extra & {"L", "seed"}:
+    from hiergen.models.rhm import check_rhm_params
+
+    if isinstance(rhm_params, Mapping) and {"L", "seed"} & set(rhm_params):
         raise ConfigError("give L and seed through depths=[...] and seeds=[...], not in rhm_params")
-    if extra or _RHM_KEYS - set(rhm_params):
-        raise ConfigError(
-            f"rhm_params needs exactly the keys {sorted(_RHM_KEYS)}; "
-            f"missing {sorted(_RHM_KEYS - set(rhm_params))}, unknown {sorted(extra)}"
-        )
-    return {k: _check_int(rhm_params[k], k, 1) for k in sorted(_RHM_KEYS)}
+    return check_rhm_params(rhm_params, tuple(sorted(_RHM_KEYS)), label="rhm_params",
+                            error=ConfigError)
 
 
 def sweep_forward_backward(
