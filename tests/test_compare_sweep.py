@@ -216,3 +216,15 @@ def test_cli_bad_lists(argv, match, capsys):
 
     assert main(["compare", "--backends", "bp", *argv]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+def test_torch_and_jax_eps_are_validated_like_numpy():
+    torch = pytest.importorskip("torch")
+    jnp = pytest.importorskip("jax.numpy")
+    kw = {"rhm_params": GRAMMAR, "seeds": [0], "backends": ["bp"], "n": 4, "progress": False}
+    ref = sweep_compare(eps_values=[0.25], **kw).drop(columns="seconds")
+    got = sweep_compare(eps_values=torch.tensor([0.25], dtype=torch.float64), **kw)
+    assert got.drop(columns="seconds").equals(ref)
+    for bad in (torch.tensor([0.3, float("nan")]), jnp.asarray([1.5])):
+        with pytest.raises(ConfigError, match=r"eps must be in \[0, 1\], got (nan|1\.5)$"):
+            sweep_compare(eps_values=bad, **kw)

@@ -112,7 +112,7 @@ def _check_eps(eps_values: Any) -> list[float]:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"eps values must be numbers, got {e!r}") from exc
         if not 0.0 <= x <= 1.0:  # also refuses NaN
-            raise ConfigError(f"eps must be in [0, 1], got {e!r}")
+            raise ConfigError(f"eps must be in [0, 1], got {x!r}")
         values.append(x)
     return _distinct(values, "eps")
 
